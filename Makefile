@@ -1,0 +1,37 @@
+# The README's front door: `make serve` and `make test`, each on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch is pinned to the CPU build that lies on these machines' disk; an unpinned torch pulls
+# a multi-GB CUDA build. Install it before the `export` extra so that extra adds nothing.
+TORCH  ?= torch==2.13.0
+
+.PHONY: serve test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[cpu]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[cpu,export,dev,bench]'
+	touch $@ $(VENV)/.serve-installed
+
+## Start the server on the shipped demo model (http://127.0.0.1:8000).
+serve: $(VENV)/.serve-installed
+	$(BIN)/lstm-serve
+
+## Run the whole test suite.
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Run the benchmark (see bench/README.md).
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,106 @@
+"""Server settings: one pydantic-settings class, so this file *is* the configuration reference.
+
+Every field reads the environment variable ``LSTM_SERVE_<FIELD>`` (for example
+``LSTM_SERVE_MAX_BATCH_SIZE=32``) and is also a ``lstm-serve`` flag (``--max-batch-size 32``).
+Defaults are the values measured to serve best on a small CPU machine (see bench/results).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LSTM_SERVE_"
+
+
+class Settings(BaseSettings):
+    """All knobs of one lstm-serve process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    model_repository: Path = Path("models")
+    """Model repository: ``<repository>/<model>/<version>/model.onnx``. Relative paths are
+    resolved against the working directory; the default is the repository shipped with the
+    project (the demo model)."""
+
+    model_versions: dict[str, list[int]] = Field(default_factory=dict)
+    """Versions to load per model, e.g. ``{"demo": [1, 2]}`` (JSON in the environment).
+    Models not named here load their latest version only."""
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port for HTTP (KServe v2 REST and /metrics)."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most sequences one ONNX Runtime call receives."""
+
+    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
+    """Longest a request waits for others to join its batch, counted from the arrival of the
+    oldest waiting request. Only paid while the runtime is busy: a request that arrives with no
+    batch in flight is dispatched at once (see ``dispatch_when_idle``)."""
+
+    dispatch_when_idle: bool = True
+    """Dispatch at once when no batch is in flight, so a lone client pays no batching delay
+    while batches still grow under load."""
+
+    max_queue_size: int = Field(256, ge=1)
+    """Most sequences waiting per model version; past it requests are refused with 503 and
+    Retry-After before their body is decoded."""
+
+    max_batches_in_flight: int = Field(2, ge=1, le=64)
+    """ONNX Runtime calls running at once per model version (each on a worker thread)."""
+
+    max_sequence_length: int = Field(4096, ge=1)
+    """Longest time axis accepted in a request (400 past it)."""
+
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 past it)."""
+
+    request_timeout_s: float = Field(30.0, gt=0.0)
+    """A request not answered in this time gets 504; its rows are dropped from the queue."""
+
+    drain_timeout_s: float = Field(20.0, ge=0.0)
+    """On SIGTERM: readiness turns false at once, queued and in-flight work is answered, and
+    the process exits within this time. Keep the pod's terminationGracePeriodSeconds above
+    preStop + this value."""
+
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    """Execution provider: ``auto`` takes CUDA when onnxruntime-gpu sees a GPU, else CPU;
+    ``cuda`` fails at start without one; ``cpu`` never uses a GPU."""
+
+    intra_op_threads: int = Field(1, ge=0)
+    """ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core).
+    One thread per session with two batches in flight beat a two-thread pool on two shared
+    cores: the pool spin-waits at a barrier on every LSTM step and collapses when the event
+    loop takes a core."""
+
+    allow_spinning: bool = False
+    """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs."""
+
+    cpu_mem_arena: bool = False
+    """ONNX Runtime's CPU memory arena keeps the largest batch shape's memory forever; off, RSS
+    stays bounded under a long-tailed length mix at a small cost."""
+
+    warmup: bool = True
+    """Run each model once at several batch sizes before reporting ready."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the JSON log lines (one per request at info)."""
+
+    access_log: bool = True
+    """Write one structured JSON line per inference request."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})"
+            )
+        return self

@@ -1,0 +1,116 @@
+"""Protocol errors: a few exception classes, each mapped once to a status and a KServe body.
+
+Route, protocol and batcher code raise these; nothing else builds an error response. The body
+is always ``{"error": "<message naming the problem>"}`` as the Open Inference Protocol asks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .contract import ContractError
+
+log = logging.getLogger("lstm_serve.errors")
+
+
+class ServingError(Exception):
+    """Base class: ``status`` and optional extra ``headers`` decide the HTTP answer."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ServingError):
+    """The request is malformed or does not fit the model (name, dtype, shape, values)."""
+
+    status = 400
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+
+class Unavailable(ServingError):
+    """Refused up front so that nothing accepted is lost; the client may retry."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class ShuttingDown(Unavailable):
+    pass
+
+
+class ModelNotReady(Unavailable):
+    pass
+
+
+class RequestTimeout(ServingError):
+    status = 504
+
+
+class InferenceFailed(ServingError):
+    """ONNX Runtime failed on a batch: only that batch's requests get it."""
+
+    status = 500
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the single mapping from exceptions to responses."""
+
+    async def serving_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServingError)
+        request.state.error = exc.message  # for the access log line
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def contract_error(request: Request, exc: Exception) -> Response:
+        request.state.error = str(exc)
+        return error_response(400, str(exc))
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_response(400, "invalid request: " + "; ".join(parts))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(ContractError, contract_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

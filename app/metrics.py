@@ -1,0 +1,172 @@
+"""Prometheus metrics, all created here, in a registry of the server's own.
+
+Names carry the ``lstm_serve_`` namespace and base units; labels are bounded (model name from
+the repository, never a name a client made up: requests for unknown models count under
+``model=""``). Durations are histograms, not cumulative counters, so p99 is a query away:
+``histogram_quantile(0.99, sum by (le) (rate(lstm_serve_request_duration_seconds_bucket[1m])))``.
+
+One server process per pod: no multiprocess mode is needed (uvicorn runs one worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("lstm_serve.metrics")
+
+PREFIX = "lstm_serve"
+# 100 µs to 10 s: sub-millisecond batch-1 inference up to a request stuck behind a full queue.
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+# name -> (type, labels): the exposition's fixed shape, also what the deployment files may use.
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    f"{PREFIX}_request_duration_seconds": ("histogram", ("model", "code")),
+    f"{PREFIX}_queue_duration_seconds": ("histogram", ("model",)),
+    f"{PREFIX}_inference_duration_seconds": ("histogram", ("model",)),
+    f"{PREFIX}_batch_size": ("histogram", ("model",)),
+    f"{PREFIX}_padding_ratio": ("histogram", ("model",)),
+    f"{PREFIX}_requests_total": ("counter", ("model", "code")),
+    f"{PREFIX}_sequences_total": ("counter", ("model",)),
+    f"{PREFIX}_queue_depth": ("gauge", ("model",)),
+    f"{PREFIX}_inflight_requests": ("gauge", ()),
+    f"{PREFIX}_model_info": ("gauge", ("model", "version", "provider")),
+    f"{PREFIX}_gpu_memory_used_bytes": ("gauge", ("gpu",)),
+    f"{PREFIX}_gpu_utilization_ratio": ("gauge", ("gpu",)),
+}
+GPU_FAMILIES = (f"{PREFIX}_gpu_memory_used_bytes", f"{PREFIX}_gpu_utilization_ratio")
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the server can expose (histograms expanded, GPU gauges included)."""
+    names: set[str] = set()
+    for name, (kind, _) in FAMILIES.items():
+        if kind == "histogram":
+            names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
+        else:
+            names.add(name)
+    return names
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Powers of two up to the largest batch, which is always a bucket of its own."""
+    buckets, b = [], 1
+    while b < max_batch_size:
+        buckets.append(float(b))
+        b *= 2
+    buckets.append(float(max_batch_size))
+    return tuple(buckets)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The children of one model's families, bound once at load (no label lookups per request)."""
+
+    queue_duration: Histogram
+    inference_duration: Histogram
+    batch_size: Histogram
+    padding_ratio: Histogram
+    sequences: Counter
+    queue_depth: Gauge
+
+
+class Metrics:
+    """The server's metric families in a registry of its own (tests run several servers)."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = PREFIX
+        self.request_duration = Histogram(
+            f"{p}_request_duration_seconds", "Whole inference request, server side.",
+            ["model", "code"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.queue_duration = Histogram(
+            f"{p}_queue_duration_seconds", "Time a request waited in the batcher's queue.",
+            ["model"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            f"{p}_inference_duration_seconds", "ONNX Runtime time per batch.",
+            ["model"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{p}_batch_size", "Sequences per ONNX Runtime call.",
+            ["model"], buckets=batch_size_buckets(max_batch_size), registry=r,
+        )
+        self.padding_ratio = Histogram(
+            f"{p}_padding_ratio", "Padded time steps / all time steps in a batch.",
+            ["model"], buckets=PADDING_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            f"{p}_requests", "Inference requests answered, by status code.", ["model", "code"], registry=r,
+        )
+        self.sequences = Counter(
+            f"{p}_sequences", "Sequences run through the model.", ["model"], registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{p}_queue_depth", "Sequences waiting in the batcher's queue.", ["model"], registry=r,
+        )
+        self.inflight = Gauge(
+            f"{p}_inflight_requests", "Inference requests being handled.", registry=r,
+        )
+        self.model_info = Gauge(
+            f"{p}_model_info", "Loaded model versions and their execution provider.",
+            ["model", "version", "provider"], registry=r,
+        )
+
+    def for_model(self, name: str, version: str, provider: str) -> ModelMetrics:
+        self.model_info.labels(name, version, provider).set(1)
+        return ModelMetrics(
+            queue_duration=self.queue_duration.labels(name),
+            inference_duration=self.inference_duration.labels(name),
+            batch_size=self.batch_size.labels(name),
+            padding_ratio=self.padding_ratio.labels(name),
+            sequences=self.sequences.labels(name),
+            queue_depth=self.queue_depth.labels(name),
+        )
+
+    def observe_request(self, model: str, code: int, seconds: float) -> None:
+        c = str(code)
+        self.request_duration.labels(model, c).observe(seconds)
+        self.requests.labels(model, c).inc()
+
+    def enable_gpu(self) -> None:
+        """Add NVML gauges (device memory, utilisation) when a GPU serves; absent on CPU."""
+        try:
+            self.registry.register(_GpuCollector())
+        except Exception as exc:  # NVML missing or no device: the gauges stay absent
+            log.warning("GPU metrics disabled: %s", exc)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _GpuCollector(Collector):
+    def __init__(self) -> None:
+        import pynvml  # from nvidia-ml-py, part of the gpu extra
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        if not self._handles:
+            raise RuntimeError("NVML sees no GPU")
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        mem = GaugeMetricFamily(GPU_FAMILIES[0], "GPU memory in use.", labels=["gpu"])
+        util = GaugeMetricFamily(GPU_FAMILIES[1], "GPU utilisation (0-1) over the last sample period.", labels=["gpu"])
+        for i, h in enumerate(self._handles):
+            mem.add_metric([str(i)], float(self._nvml.nvmlDeviceGetMemoryInfo(h).used))
+            util.add_metric([str(i)], self._nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
+        yield mem
+        yield util
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []

@@ -1,0 +1,79 @@
+"""Per-request observability as plain ASGI middleware (no per-request task or body copy):
+request id, the whole-request latency histogram, the in-flight gauge and the access log line.
+
+Routes put what only they know (model, batch size, queue and inference time) into
+``request.state``; this layer reads it once the response has gone out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import Metrics
+
+access = logging.getLogger("lstm_serve.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                candidate = value.decode("latin-1")
+                rid = candidate if _VALID_ID.match(candidate) else None
+                break
+        rid = rid or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        infer = scope["method"] == "POST" and scope["path"].endswith("/infer")
+        if not infer:
+            await self.app(scope, receive, send_with_id)
+            return
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.inflight.dec()
+            elapsed = time.perf_counter() - start
+            model = state.get("model", "")
+            self.metrics.observe_request(model, status, elapsed)
+            if self.access_log:
+                access.info(
+                    "infer",
+                    extra={
+                        "request_id": rid,
+                        "model": model,
+                        "version": state.get("version"),
+                        "code": status,
+                        "latency_ms": round(elapsed * 1000, 3),
+                        "batch_size": state.get("batch_size"),
+                        "queue_ms": state.get("queue_ms"),
+                        "inference_ms": state.get("inference_ms"),
+                        "error": state.get("error"),
+                    },
+                )

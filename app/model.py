@@ -1,0 +1,83 @@
+"""A served model version: its runtime, its batcher, and the glue between them.
+
+``run_batch`` is what a batch does on its worker thread: pad (``padding.merge``), run ONNX
+Runtime, split (``padding.split``). It runs off the event loop, so padding and copying cost no
+loop time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import padding
+from .batcher import Batcher, Completed
+from .config import Settings
+from .contract import ModelSpec
+from .metrics import Metrics
+from .protocol import SequenceRequest
+from .runtime import Runtime
+
+log = logging.getLogger("lstm_serve.model")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request as the batcher queues it: its sequences and the outputs it wants."""
+
+    sequences: SequenceRequest
+    outputs: tuple[str, ...]
+
+
+class ServedModel:
+    def __init__(self, name: str, version: int, path: Path, settings: Settings, metrics: Metrics) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.runtime = Runtime(path, settings)
+        self.spec: ModelSpec = self.runtime.spec
+        self._metrics = metrics.for_model(name, str(version), self.runtime.provider)
+        self.batcher: Batcher[Job, dict[str, np.ndarray]] = Batcher(
+            f"{name}:{version}",
+            self.run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_queue_size=settings.max_queue_size,
+            max_delay_s=settings.max_queue_delay_ms / 1000.0,
+            max_in_flight=settings.max_batches_in_flight,
+            dispatch_when_idle=settings.dispatch_when_idle,
+            metrics=self._metrics,
+        )
+        self.ready = False
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider
+
+    def run_batch(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
+        """Pad, run and split one batch (on a worker thread)."""
+        seqs = [j.sequences for j in jobs]
+        merged = padding.merge(seqs, self.spec)
+        wanted = [n for n in self.spec.output_names if any(n in j.outputs for j in jobs)]
+        start = time.perf_counter()
+        outputs = self.runtime.run(merged.feeds, wanted)
+        self._metrics.inference_duration.observe(time.perf_counter() - start)
+        self._metrics.padding_ratio.observe(merged.padding_ratio)
+        self._metrics.sequences.inc(merged.sequences)
+        per_request = padding.split(outputs, seqs, self.spec)
+        return [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
+
+    async def infer(self, sequences: SequenceRequest, outputs: tuple[str, ...]) -> Completed[dict[str, np.ndarray]]:
+        return await self.batcher.submit(Job(sequences, outputs), sequences.n, sequences.t)
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run the graph at batch 1 and at the largest batch so first requests pay no setup."""
+        rng = np.random.default_rng(0)
+        for n in sorted({1, max_batch_size}):
+            x = rng.standard_normal((n, 8, self.spec.input_size)).astype(np.float32)
+            merged = padding.merge([SequenceRequest(x, np.full(n, 8, dtype=np.int32))], self.spec)
+            self.runtime.run(merged.feeds, list(self.spec.output_names))  # not counted in metrics
+        self.ready = True

@@ -1,0 +1,82 @@
+"""ONNX Runtime sessions: execution provider and thread settings chosen once, at load.
+
+Kept thin on purpose (as ONNX Runtime's own Python wrapper is): policy lives in the settings
+and the batcher, this module only builds sessions and runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import Settings
+from .contract import ContractError, ModelSpec
+
+log = logging.getLogger("lstm_serve.runtime")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _ort():  # type: ignore[no-untyped-def]
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "onnxruntime is not installed: install lstm-serve[cpu] (onnxruntime) or "
+            "lstm-serve[gpu] (onnxruntime-gpu), never both"
+        ) from exc
+    return onnxruntime
+
+
+def choose_providers(preference: str) -> list[str]:
+    """Providers for a session: CUDA when asked for (or when ``auto`` finds it), then CPU."""
+    available = _ort().get_available_providers()
+    if preference == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if preference == "cuda":
+        raise RuntimeError(
+            f"providers=cuda but ONNX Runtime offers only {available}: install lstm-serve[gpu] "
+            "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or set LSTM_SERVE_PROVIDERS=auto"
+        )
+    return [CPU]
+
+
+class Runtime:
+    """One ONNX Runtime session for one model version, with the spec read from its metadata."""
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = settings.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = settings.cpu_mem_arena
+        opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
+        )
+        opts.log_severity_level = 3
+        requested = choose_providers(settings.providers)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
+        self.provider: str = self.session.get_providers()[0]
+        if settings.providers == "cuda" and self.provider != CUDA:
+            raise RuntimeError(f"{path}: CUDA was asked for but the session runs on {self.provider}")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.spec = ModelSpec.from_metadata(dict(meta))
+        self._check_io(path)
+
+    def _check_io(self, path: Path) -> None:
+        inputs = tuple(i.name for i in self.session.get_inputs())
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        if set(inputs) != set(self.spec.input_names) or set(outputs) != set(self.spec.output_names):
+            raise ContractError(
+                f"{path}: graph inputs {inputs} / outputs {outputs} do not match the contract "
+                f"for its metadata ({self.spec.input_names} / {self.spec.output_names})"
+            )
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, self.session.run(outputs, feeds)))
