@@ -120,8 +120,9 @@ class Batcher(Generic[T, R]):
         try:
             return await entry.future
         finally:
-            if not entry.future.done():  # caller gone (timeout): drop it from the queue
-                entry.future.cancel()
+            if not entry.future.done() or entry.future.cancelled():
+                entry.future.cancel()  # caller gone (timeout): its rows leave the queue now
+                self._drop_cancelled()
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:

@@ -173,7 +173,8 @@ def _tensor(
     data = entry["data"]
     try:
         if dtype.kind == "f":
-            arr = np.asarray(data, dtype=dtype)
+            with np.errstate(over="ignore"):  # out-of-range values become inf, refused below
+                arr = np.asarray(data, dtype=dtype)
         else:
             arr = np.asarray(data)
             if arr.size and arr.dtype.kind not in "iu":

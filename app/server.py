@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -74,6 +75,13 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
         super().handle_exit(sig, frame)
+
+    async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super()._serve(sockets)
+        # uvicorn re-raises the captured SIGTERM once shut down, so the process would die of it
+        # (exit 143, "Error" in Kubernetes); a completed drain is a clean exit.
+        if not self.force_exit:
+            getattr(self, "_captured_signals", []).clear()
 
 
 def serve(settings: Settings) -> None:

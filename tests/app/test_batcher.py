@@ -1,0 +1,174 @@
+"""The dynamic batcher's queueing and timing, driven by a real worker function on its threads.
+
+The worker records each batch it is given and sleeps to stand in for model time, so the tests
+can assert what went into which batch and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.batcher import Batcher
+from app.errors import InferenceFailed, QueueFull, ShuttingDown
+from app.metrics import Metrics
+
+
+class Worker:
+    def __init__(self, seconds: float = 0.0, fail_on: str | None = None) -> None:
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.batches: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[str]) -> list[str]:
+        with self._lock:
+            self.batches.append(list(items))
+        if self.fail_on in items:
+            raise RuntimeError("model exploded")
+        time.sleep(self.seconds)
+        return [f"done:{i}" for i in items]
+
+
+def make(worker: Worker, **kw: object) -> Batcher[str, str]:
+    opts = dict(max_batch_size=8, max_queue_size=16, max_delay_s=0.05, max_in_flight=1, dispatch_when_idle=True)
+    opts.update(kw)
+    return Batcher("t", worker, metrics=Metrics(8).for_model("t", "1", "cpu"), **opts)  # type: ignore[arg-type]
+
+
+def run(coro):  # one event loop per test, like the server has one
+    return asyncio.run(coro)
+
+
+def test_lone_request_is_dispatched_at_once_despite_a_long_delay() -> None:
+    async def go():
+        b = make(Worker(), max_delay_s=5.0)
+        t0 = time.monotonic()
+        done = await b.submit("a", 1, 10)
+        return done, time.monotonic() - t0
+
+    done, elapsed = run(go())
+    assert done.result == "done:a" and done.batch_size == 1
+    assert elapsed < 1.0
+
+
+def test_batches_grow_while_the_runtime_is_busy() -> None:
+    worker = Worker(seconds=0.1)
+
+    async def go():
+        b = make(worker)
+        first = asyncio.create_task(b.submit("a", 1, 10))
+        await asyncio.sleep(0.02)  # "a" is running now
+        rest = [asyncio.create_task(b.submit(f"r{i}", 1, 10)) for i in range(6)]
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = run(go())
+    assert first.batch_size == 1
+    assert worker.batches[0] == ["a"] and worker.batches[1] == [f"r{i}" for i in range(6)]
+    assert {r.batch_size for r in rest} == {6}
+
+
+def test_delay_counts_from_the_oldest_arrival_not_from_polling() -> None:
+    async def go():
+        b = make(Worker(), max_delay_s=0.3, dispatch_when_idle=False)
+        t0 = time.monotonic()
+        a = asyncio.create_task(b.submit("a", 1, 5))
+        await asyncio.sleep(0.2)
+        late = asyncio.create_task(b.submit("b", 1, 5))
+        ra, rb = await a, await late
+        return ra, rb, time.monotonic() - t0
+
+    ra, rb, elapsed = run(go())
+    assert ra.batch_size == 2  # both went together, at "a"'s deadline
+    assert 0.28 <= ra.queue_s < 0.45, ra.queue_s
+    assert rb.queue_s < 0.2, rb.queue_s  # "b" did not restart the clock
+    assert elapsed < 0.5
+
+
+def test_a_full_batch_does_not_wait_for_the_delay() -> None:
+    async def go():
+        b = make(Worker(), max_batch_size=4, max_delay_s=5.0, dispatch_when_idle=False)
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(b.submit(str(i), 1, 3) for i in range(4)))
+        return results, time.monotonic() - t0
+
+    results, elapsed = run(go())
+    assert [r.batch_size for r in results] == [4] * 4 and elapsed < 1.0
+
+
+def test_a_full_queue_refuses_up_front() -> None:
+    async def go():
+        b = make(Worker(seconds=0.2), max_queue_size=8, max_batch_size=8)
+        first = asyncio.create_task(b.submit("busy", 1, 1))
+        await asyncio.sleep(0.02)
+        waiting = asyncio.create_task(b.submit("w", 6, 1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="queue is full"):
+            await b.submit("x", 3, 1)
+        await b.submit("fits", 2, 1)
+        await first, await waiting
+
+    run(go())
+
+
+def test_requests_whose_caller_left_never_run() -> None:
+    worker = Worker(seconds=0.1)
+
+    async def go():
+        b = make(worker, max_delay_s=0.3, dispatch_when_idle=False)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.submit("gone", 1, 1), 0.05)
+        assert b.queued == 0
+        return await b.submit("kept", 1, 1)
+
+    done = run(go())
+    assert done.result == "done:kept"
+    assert all("gone" not in batch for batch in worker.batches)
+
+
+def test_oldest_goes_first_with_the_closest_lengths() -> None:
+    worker = Worker(seconds=0.1)
+
+    async def go():
+        b = make(worker, max_batch_size=2, max_delay_s=0.0)
+        busy = asyncio.create_task(b.submit("busy", 1, 50))
+        await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(b.submit(name, 1, length)) for name, length in
+                 [("l10", 10), ("l100", 100), ("l101", 101), ("l11", 11)]]
+        await asyncio.sleep(0)
+        await busy
+        await asyncio.gather(*tasks)
+
+    run(go())
+    assert worker.batches[1] == ["l10", "l11"]
+    assert worker.batches[2] == ["l100", "l101"]
+
+
+def test_a_failing_batch_fails_only_its_requests() -> None:
+    worker = Worker(fail_on="bad")
+
+    async def go():
+        b = make(worker)
+        with pytest.raises(InferenceFailed, match="model exploded"):
+            await b.submit("bad", 1, 1)
+        return await b.submit("good", 1, 1)
+
+    assert run(go()).result == "done:good"
+
+
+def test_drain_answers_everything_queued_then_refuses() -> None:
+    async def go():
+        b = make(Worker(seconds=0.05), max_batch_size=2, max_delay_s=0.0)
+        tasks = [asyncio.create_task(b.submit(str(i), 1, 1)) for i in range(7)]
+        await asyncio.sleep(0.01)
+        await b.drain(timeout_s=5)
+        results = await asyncio.gather(*tasks)
+        with pytest.raises(ShuttingDown):
+            await b.submit("late", 1, 1)
+        return results
+
+    results = run(go())
+    assert [r.result for r in results] == [f"done:{i}" for i in range(7)]
