@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from . import __version__, protocol
+from . import __version__, protocol, schema
 from .errors import PayloadTooLarge, RequestTimeout, ShuttingDown
 from .model import ServedModel
 from .state import ServerState
@@ -76,8 +76,10 @@ def _metadata(model: ServedModel, versions: list[int]) -> dict:
     }
 
 
-@router.get("/v2/models/{name}", tags=["model"])
-@router.get("/v2/models/{name}/versions/{version}", tags=["model"])
+@router.get("/v2/models/{name}", tags=["model"], response_model=schema.ModelMetadata, responses=schema.ERRORS)
+@router.get(
+    "/v2/models/{name}/versions/{version}", tags=["model"], response_model=schema.ModelMetadata, responses=schema.ERRORS
+)
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     """Inputs, outputs, datatypes and shapes (-1 for dynamic axes), read from the artifact."""
     repo = _state(request).repository
@@ -107,8 +109,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/v2/models/{name}/infer", tags=["inference"])
-@router.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"])
+_INFER = {"tags": ["inference"], "response_model": schema.InferenceResponse, "responses": schema.ERRORS,
+          "openapi_extra": schema.INFER_OPENAPI}
+
+
+@router.post("/v2/models/{name}/infer", **_INFER)
+@router.post("/v2/models/{name}/versions/{version}/infer", **_INFER)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run sequences through the model; JSON or binary tensors in, the same way out.
 
