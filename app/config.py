@@ -104,3 +104,14 @@ class Settings(BaseSettings):
                 f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})"
             )
         return self
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above (a test keeps the
+    README in step: ``python -c 'from app.config import settings_table; print(settings_table())'``)."""
+    rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+        text = " ".join((f.description or "").split()).replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` | `{default}` | {text} |")
+    return "\n".join(rows)
