@@ -222,8 +222,9 @@ class Batcher(Generic[T, R]):
             self._wakeup.set()
 
     def _set_queued(self, n: int) -> None:
+        # inc/dec, not set: several loaded versions of one model share the {model} gauge.
+        self._metrics.queue_depth.inc(n - self._queued)
         self._queued = n
-        self._metrics.queue_depth.set(n)
 
     # -- shutdown ----------------------------------------------------------------------------
     async def drain(self, timeout_s: float) -> None:

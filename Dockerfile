@@ -1,0 +1,108 @@
+# syntax=docker/dockerfile:1
+#
+# lstm-serve serving image, one Dockerfile for both flavours:
+#
+#   docker build -t lstm-serve:0.1.0-gpu .                          # default: VARIANT=gpu
+#   docker build -t lstm-serve:0.1.0-cpu --build-arg VARIANT=cpu .
+#
+# GPU: NVIDIA CUDA + cuDNN *runtime* base whose CUDA major matches the onnxruntime-gpu wheel.
+# PyPI's onnxruntime-gpu 1.19-1.26 is built for CUDA 12 + cuDNN 9; 1.27 and newer for CUDA 13 +
+# cuDNN 9 (see the wheel's `cuda`/`cudnn` extras). CUDA 13 needs NVIDIA driver >= 580 on the
+# node. For nodes with an older (CUDA 12) driver build the matching pair instead:
+#   --build-arg CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04 --build-arg ORT_VERSION=1.26.0
+# tests/deploy/test_dockerfile.py checks that the two stay a matching pair.
+#
+# CPU: plain Ubuntu 24.04, same Python (3.12 from Ubuntu), same ONNX Runtime version.
+#
+# Stages: os-<variant> (base OS) -> python (adds the interpreter) -> builder (venv + pip) and
+# runtime (venv copied in; no pip, no compilers, no torch).
+
+ARG VARIANT=gpu
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG CPU_IMAGE=ubuntu:24.04
+# One ONNX Runtime version for both variants: `onnxruntime==X` (cpu) or `onnxruntime-gpu==X` (gpu).
+ARG ORT_VERSION=1.31.1
+
+# ---------------------------------------------------------------------------------------------
+FROM ${CUDA_IMAGE} AS os-gpu
+# `auto` takes CUDA when a GPU is visible; the k8s gpu overlay pins `cuda` (fail fast).
+ENV LSTM_SERVE_PROVIDERS=auto
+
+FROM ${CPU_IMAGE} AS os-cpu
+ENV LSTM_SERVE_PROVIDERS=cpu
+
+# ---------------------------------------------------------------------------------------------
+# `os-${VARIANT}` is one of the two stages above (their images are tagged in the ARGs); hadolint
+# cannot resolve a stage name built from an ARG.
+# hadolint ignore=DL3006
+FROM os-${VARIANT} AS python
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG DEBIAN_FRONTEND=noninteractive
+# Unpinned apt versions on purpose: Ubuntu's archive drops superseded versions (a pin breaks the
+# build at the next security update); the base image tag fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 \
+    && rm -rf /var/lib/apt/lists/*
+
+# ---------------------------------------------------------------------------------------------
+FROM python AS builder
+ARG VARIANT
+ARG ORT_VERSION
+ARG DEBIAN_FRONTEND=noninteractive
+# venv/ensurepip for the builder only (unpinned for the same reason as above).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# The build context is an allowlist (.dockerignore): pyproject.toml, app/ and models/ only.
+COPY . /src
+# Exactly one ONNX Runtime package: the extra of this variant, pinned by a constraint. The
+# project itself comes from pyproject.toml (its `export` extra, torch and onnx, is never asked for).
+RUN python3.12 -m venv /opt/venv \
+    && if [ "${VARIANT}" = "gpu" ]; then echo "onnxruntime-gpu==${ORT_VERSION}"; \
+       else echo "onnxruntime==${ORT_VERSION}"; fi > /tmp/constraints.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        -c /tmp/constraints.txt ".[${VARIANT}]" \
+    && /opt/venv/bin/pip uninstall --yes pip
+# Fail the build if the venv is wrong: both ORT packages, the other variant's, or training deps.
+RUN ["/opt/venv/bin/python", "-c", "import importlib.metadata as md, os, sys; names = {d.metadata['Name'].lower().replace('_', '-') for d in md.distributions()}; want = {'gpu': 'onnxruntime-gpu', 'cpu': 'onnxruntime'}[os.environ['VARIANT']]; ort = sorted(names & {'onnxruntime', 'onnxruntime-gpu'}); bad = sorted(names & {'torch', 'onnx', 'onnxscript', 'tensorflow', 'jax'}); sys.exit(0 if ort == [want] and not bad else f'bad runtime venv: onnxruntime packages {ort} (want {want}), forbidden {bad}')"]
+
+# ---------------------------------------------------------------------------------------------
+FROM python AS runtime
+ARG VARIANT
+LABEL org.opencontainers.image.title="lstm-serve" \
+      org.opencontainers.image.description="Stacked-LSTM serving over the KServe v2 REST protocol (ONNX Runtime, ${VARIANT})" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Numeric, non-root user; Kubernetes' runAsNonRoot can only verify a numeric USER.
+RUN groupadd --system --gid 10001 lstm \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin lstm
+
+# The venv's python links to /usr/bin/python3.12 of the same `python` stage: identical paths.
+# Its .pyc files were compiled at install time, so a read-only root filesystem costs no startup.
+COPY --from=builder /opt/venv /opt/venv
+# Baked-in model repository, owned by root and read-only for the server; mount a volume at
+# /models to serve other models with the same image.
+COPY models/ /models/
+
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LSTM_SERVE_MODEL_REPOSITORY=/models \
+    LSTM_SERVE_HOST=0.0.0.0 \
+    LSTM_SERVE_PORT=8000
+
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000
+
+# For docker/compose only (Kubernetes ignores it and uses the probes). No curl in the image.
+HEALTHCHECK --interval=30s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LSTM_SERVE_PORT', '8000') + '/v2/health/live', timeout=2)"]
+
+# Exec form: the server is PID 1 and receives SIGTERM itself (then drains; see
+# LSTM_SERVE_DRAIN_TIMEOUT_S). Arguments after the image name become lstm-serve flags.
+ENTRYPOINT ["/opt/venv/bin/lstm-serve"]

@@ -1,0 +1,1 @@
+"""Deployment checks: Dockerfile, Kubernetes manifests, monitoring (offline)."""
