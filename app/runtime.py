@@ -68,6 +68,13 @@ class Runtime:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec = ModelSpec.from_metadata(dict(meta))
         self._check_io(path)
+        if self.spec.precision == "fp16" and self.provider != CUDA:
+            # ONNX Runtime's CPU kernels for fp16 LSTM graphs are slow at best and have crashed
+            # the process at worst; fp16 artifacts are made for the CUDA provider.
+            raise ContractError(
+                f"{path} is an fp16 artifact, made for CUDA, but the session runs on {self.provider}; "
+                "serve its fp32 or int8 version here (LSTM_SERVE_MODEL_VERSIONS)"
+            )
 
     def _check_io(self, path: Path) -> None:
         inputs = tuple(i.name for i in self.session.get_inputs())
