@@ -84,6 +84,15 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
+def unexpected_error(exc: BaseException) -> Response:
+    """A bug, not a bad request: logged with its traceback, answered 500 without internals.
+
+    Called by the request middleware (``middleware.RequestObserver``), which sits inside
+    Starlette's outermost error layer, so the answer still carries the request id."""
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the single mapping from exceptions to responses."""
 
@@ -105,12 +114,7 @@ def install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}")
-
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(ContractError, contract_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)

@@ -14,11 +14,20 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("lstm_serve.metrics")
+# `_created` series would double the series count for nothing a dashboard or alert uses.
+disable_created_metrics()
 
 PREFIX = "lstm_serve"
 # 100 µs to 10 s: sub-millisecond batch-1 inference up to a request stuck behind a full queue.

@@ -15,6 +15,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import unexpected_error
 from .metrics import Metrics
 
 access = logging.getLogger("lstm_serve.access")
@@ -40,7 +41,7 @@ class RequestObserver:
         rid = rid or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        status = 500
+        status = 0
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -50,18 +51,27 @@ class RequestObserver:
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
             await send(message)
 
+        async def call() -> None:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if status:  # the response had started: nothing sane left to send
+                    raise
+                state["error"] = f"internal error: {type(exc).__name__}"
+                await unexpected_error(exc)(scope, receive, send_with_id)
+
         infer = scope["method"] == "POST" and scope["path"].endswith("/infer")
         if not infer:
-            await self.app(scope, receive, send_with_id)
+            await call()
             return
         self.metrics.inflight.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            await call()
         finally:
             self.metrics.inflight.dec()
             elapsed = time.perf_counter() - start
             model = state.get("model", "")
-            self.metrics.observe_request(model, status, elapsed)
+            self.metrics.observe_request(model, status or 500, elapsed)
             if self.access_log:
                 access.info(
                     "infer",
@@ -69,7 +79,7 @@ class RequestObserver:
                         "request_id": rid,
                         "model": model,
                         "version": state.get("version"),
-                        "code": status,
+                        "code": status or 500,
                         "latency_ms": round(elapsed * 1000, 3),
                         "batch_size": state.get("batch_size"),
                         "queue_ms": state.get("queue_ms"),
