@@ -54,8 +54,12 @@ class Settings(BaseSettings):
     """Most sequences waiting per model version; past it requests are refused with 503 and
     Retry-After before their body is decoded."""
 
-    max_batches_in_flight: int = Field(2, ge=1, le=64)
-    """ONNX Runtime calls running at once per model version (each on a worker thread)."""
+    max_batches_in_flight: int = Field(1, ge=1, le=64)
+    """ONNX Runtime calls running at once per model version (each on a worker thread).
+    One, measured (bench/results, 2 shared cores, 32 clients, v2 JSON, same run, A/B twice):
+    1 in flight served 1474-1519 seq/s against 1014-1074 with 2 (and 1079 with 3); with 2 the
+    process used only 1.1 cores against 1.47, the event loop starved while two ORT calls held
+    both cores. The queue fills while the one batch runs, so batches stay as large (16 vs 14-15)."""
 
     max_sequence_length: int = Field(4096, ge=1)
     """Longest time axis accepted in a request (400 past it)."""
@@ -77,9 +81,11 @@ class Settings(BaseSettings):
 
     intra_op_threads: int = Field(1, ge=0)
     """ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core).
-    One thread per session with two batches in flight beat a two-thread pool on two shared
-    cores: the pool spin-waits at a barrier on every LSTM step and collapses when the event
-    loop takes a core."""
+    One thread beat ORT's two-thread pool on two shared cores (bench tuning grid, 32 clients, v2
+    JSON: 1479 seq/s at 0.95 CPU-ms/request with one thread and one batch in flight, against
+    1385 at 0.97 with the pool): the pool meets at a barrier on every LSTM step and stalls when
+    the event loop takes a core. With spinning on, the pool served more at 32 clients (1332
+    vs 1151 seq/s) but burnt 1.42 against 1.04 CPU-ms/request, and 3.0 ms at one client."""
 
     allow_spinning: bool = False
     """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs."""

@@ -1,0 +1,90 @@
+"""Where the server's CPU goes under load: py-spy samples, grouped into cost centres.
+
+``py-spy record --format raw --threads`` gives collapsed stacks (root first). Each sample is
+charged to the cost centre of its *leaf-most* frame that matches one (so orjson called from
+``protocol.decode_request`` is "decode", a log call from the middleware is "access log").
+Idle samples (threads blocked in epoll or a queue) are left out by py-spy, so the shares are of
+CPU, not of wall time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+# (cost centre, pattern on "function (file:line)"), most specific first; matched leaf to root.
+CENTRES: list[tuple[str, re.Pattern[str]]] = [
+    ("ONNX Runtime (session.run)", re.compile(r"onnxruntime")),
+    ("batch glue: pad / split (app.padding, app.model)", re.compile(r"app/(padding|model)\.py")),
+    ("decode request (orjson + numpy)", re.compile(r"^(decode_request|_parse_header|_tensor|_sequences|_shape|_requested_outputs) .*app/protocol\.py")),
+    ("encode response (orjson)", re.compile(r"^encode_response .*app/protocol\.py")),
+    ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
+    ("access log (logging + JSON)", re.compile(r"logging/|app/logs\.py")),
+    ("batcher (app.batcher)", re.compile(r"app/batcher\.py")),
+    ("route + middleware (app.routes, app.middleware)", re.compile(r"app/(routes|middleware|errors|repository|state)\.py")),
+    ("FastAPI / Starlette", re.compile(r"fastapi/|starlette/|anyio/|pydantic")),
+    ("uvicorn HTTP (httptools)", re.compile(r"uvicorn/")),
+    ("worker threads (concurrent.futures)", re.compile(r"concurrent/futures|threading\.py")),
+    ("event loop (asyncio / uvloop)", re.compile(r"asyncio/|uvloop")),
+]
+# Leaf frames that are blocked waits py-spy does not always recognise as idle (a worker
+# waiting for work, the loop in epoll, uvloop's C loop waiting): not CPU, so left out.
+IDLE = re.compile(r"^(_worker \(concurrent/futures/thread\.py|\w*select \(selectors\.py|wait \(threading\.py|"
+                  r"run_until_complete \(|run \(asyncio/runners\.py|serve \(uvicorn/server\.py|_serve \()")
+
+
+def categorise(raw_text: str) -> dict:
+    """Shares of samples per cost centre, overall and for the event-loop thread vs the others."""
+    total: Counter[str] = Counter()
+    by_thread: dict[str, Counter[str]] = {"event loop thread": Counter(), "ORT worker threads": Counter()}
+    n = idle = 0
+    for line in raw_text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        frames = stack.split(";")
+        if IDLE.search(frames[-1]):
+            idle += c
+            continue
+        centre = "other Python"
+        for frame in reversed(frames[1:]):
+            hit = next((name for name, pat in CENTRES if pat.search(frame)), None)
+            if hit:
+                centre = hit
+                break
+        total[centre] += c
+        kind = "ORT worker threads" if any("concurrent/futures" in f for f in frames) else "event loop thread"
+        by_thread[kind][centre] += c
+        n += c
+    pct = lambda cnt: {k: round(100.0 * v / n, 1) for k, v in cnt.most_common()} if n else {}  # noqa: E731
+    return {
+        "samples": n,
+        "idle_samples_left_out": idle,
+        "share_pct": pct(total),
+        "by_thread_pct": {k: pct(v) for k, v in by_thread.items()},
+        "thread_share_pct": {k: round(100.0 * sum(v.values()) / n, 1) if n else 0.0 for k, v in by_thread.items()},
+    }
+
+
+def py_spy() -> str | None:
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+def record(pid: int, seconds: float, out: Path, rate: int = 200) -> dict:
+    exe = py_spy()
+    if exe is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
+           "--format", "raw", "--threads", "-o", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0 or not out.exists():
+        return {"error": f"py-spy failed: {(p.stdout + p.stderr)[-800:]}"}
+    res = categorise(out.read_text())
+    res["command"] = " ".join(cmd[:1] + ["record", "--pid", "<server>"] + cmd[4:-2])
+    return res

@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark: ``python -m bench --quick`` on a tiny model, a few phases.
+
+It checks the bench runs end to end and writes its report with finite ratio columns; it asserts
+no performance figure (targets are reported by the full run, never asserted in timed tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_writes_report(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--model", "tiny", "--groups", "main,off",
+           "--clients", "1,8", "--duration", "1", "--idle-wait", "0", "--raw-seconds", "0.05", "--out", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for name in ("results.md", "results.json", "summary.md", "latency_vs_throughput.png", "batch_size_distribution.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    md = (out / "results.md").read_text()
+    for col in ("of raw", "CPU eff.", "raw seq/s at batch", "server CPU-ms/req", "peak RSS MiB"):
+        assert col in md, col
+    data = json.loads((out / "results.json").read_text())
+    closed = [r for r in data["phases"] if r.get("kind") == "closed"]
+    # main: json+binary x 2 client counts; off: json x 2 + binary x 1
+    assert len(closed) == 7 and not data["failures"]
+    for r in closed:
+        for key in ("seq_s", "p50_ms", "p99_ms", "mean_batch", "server_cpu_ms_per_req", "raw_seq_s", "of_raw",
+                    "cpu_efficiency", "peak_rss_mib", "others_cores"):
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (r["name"], key, r[key])
+        assert r["errors"] == 0, r["name"]
