@@ -163,10 +163,11 @@ class Batcher(Generic[T, R]):
             if remaining <= 0:
                 return
             self._wakeup.clear()
+            timer = asyncio.get_running_loop().call_later(remaining, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+                await self._wakeup.wait()  # a new request, a finished batch, or the deadline
+            finally:
+                timer.cancel()
 
     def _drop_cancelled(self) -> None:
         if any(e.future.done() for e in self._queue):

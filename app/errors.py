@@ -7,6 +7,7 @@ is always ``{"error": "<message naming the problem>"}`` as the Open Inference Pr
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import orjson
 from fastapi import FastAPI, Request
@@ -75,6 +76,28 @@ class InferenceFailed(ServingError):
     status = 500
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """An error as the protocol answers it."""
+
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.message})
+
+
+def render(exc: Exception) -> Rendered:
+    """The one mapping from a request's exception to its answer (used by every endpoint)."""
+    if isinstance(exc, ServingError):
+        return Rendered(exc.status, exc.message, exc.headers)
+    if isinstance(exc, ContractError):  # a tensor that does not fit the artifact's contract
+        return Rendered(400, str(exc))
+    raise TypeError(f"not a protocol error: {exc!r}")
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps({"error": message}),
@@ -96,14 +119,10 @@ def unexpected_error(exc: BaseException) -> Response:
 def install_handlers(app: FastAPI) -> None:
     """Register the single mapping from exceptions to responses."""
 
-    async def serving_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServingError)
-        request.state.error = exc.message  # for the access log line
-        return error_response(exc.status, exc.message, exc.headers)
-
-    async def contract_error(request: Request, exc: Exception) -> Response:
-        request.state.error = str(exc)
-        return error_response(400, str(exc))
+    async def protocol_error(request: Request, exc: Exception) -> Response:
+        err = render(exc)
+        request.state.error = err.message  # for the access log line
+        return error_response(err.status, err.message, err.headers)
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -114,7 +133,7 @@ def install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
-    app.add_exception_handler(ServingError, serving_error)
-    app.add_exception_handler(ContractError, contract_error)
+    app.add_exception_handler(ServingError, protocol_error)
+    app.add_exception_handler(ContractError, protocol_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

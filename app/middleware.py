@@ -7,7 +7,6 @@ Routes put what only they know (model, batch size, queue and inference time) int
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
@@ -16,9 +15,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import unexpected_error
+from .logs import AccessLog
 from .metrics import Metrics
 
-access = logging.getLogger("lstm_serve.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -26,7 +25,7 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
         self.app = app
         self.metrics = metrics
-        self.access_log = access_log
+        self.access = AccessLog(access_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,10 +71,9 @@ class RequestObserver:
             elapsed = time.perf_counter() - start
             model = state.get("model", "")
             self.metrics.observe_request(model, status or 500, elapsed)
-            if self.access_log:
-                access.info(
-                    "infer",
-                    extra={
+            if self.access.enabled:
+                self.access.write(
+                    {
                         "request_id": rid,
                         "model": model,
                         "version": state.get("version"),
@@ -85,5 +83,5 @@ class RequestObserver:
                         "queue_ms": state.get("queue_ms"),
                         "inference_ms": state.get("inference_ms"),
                         "error": state.get("error"),
-                    },
+                    }
                 )

@@ -1,22 +1,17 @@
 """HTTP endpoints of the KServe v2 / Open Inference Protocol, plus /metrics.
 
-Thin on purpose: decode (``protocol``) -> queue (``batcher`` via ``model``) -> encode. Errors
-are raised, never built here (``errors`` maps them). On the inference path the order of checks
-is what keeps overload cheap: a request is refused before its body is decoded, but only after
-it is read (answering before reading resets the client's connection).
+Thin on purpose: errors are raised, never built here (``errors`` maps them); inference itself
+lives in ``inference`` (decode -> batcher -> encode), served ahead of this router.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 import orjson
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from . import __version__, protocol, schema
-from .errors import PayloadTooLarge, RequestTimeout, ShuttingDown
+from . import __version__, inference, protocol, schema
 from .model import ServedModel
 from .state import ServerState
 
@@ -96,19 +91,6 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 _INFER = {"tags": ["inference"], "response_model": schema.InferenceResponse, "responses": schema.ERRORS,
           "openapi_extra": schema.INFER_OPENAPI}
 
@@ -121,38 +103,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     Body: a KServe v2 inference request. Input ``input`` FP32 [n, time, features] (n sequences
     of one length), optional ``sequence_lens`` INT32 [n] for right-padded rows, optional
     ``initial_h``/``initial_c`` (unidirectional models) to continue from a carried state.
+    Served by ``inference.InferenceFastPath`` ahead of this router; this route documents the
+    endpoint and answers in-process callers with the same code.
     """
-    state = _state(request)
-    if state.draining:
-        raise ShuttingDown("server is shutting down; retry on another replica")
-    model = state.repository.get(name, version)
-    request.state.model = model.name
-    request.state.version = model.version
-    body = await _read_body(request, state.settings.max_request_bytes)
-    model.batcher.check_room()
-    req = protocol.decode_request(body, request.headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
-    try:
-        done = await asyncio.wait_for(model.infer(req.sequences, req.outputs), state.settings.request_timeout_s)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"request was not answered within request_timeout_s={state.settings.request_timeout_s}"
-        ) from None
-    queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000
-    request.state.batch_size = done.batch_size
-    request.state.queue_ms = round(queue_ms, 3)
-    request.state.inference_ms = round(inference_ms, 3)
-    payload, header_length = protocol.encode_response(
-        model.name, str(model.version), req.id, done.result, req.binary_outputs
+    headers = {k: v for k, v in request.headers.items() if k in ("content-length", protocol.HEADER_LENGTH)}
+    body, out = await inference.infer(
+        _state(request), name, version, request.receive, headers, request.scope.setdefault("state", {})
     )
-    headers = {
-        "Server-Timing": f"queue;dur={queue_ms:.3f}, inference;dur={inference_ms:.3f}",
-        "X-Batch-Size": str(done.batch_size),
-    }
-    media = JSON
-    if header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(header_length)
-        media = "application/octet-stream"
-    return Response(payload, headers=headers, media_type=media)
+    response = Response(body)
+    response.raw_headers = [*out, (b"content-length", str(len(body)).encode())]
+    return response
 
 
 @router.get(METRICS, tags=["metrics"])

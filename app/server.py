@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from . import __version__, logs
 from .config import Settings
 from .errors import install_handlers
+from .inference import InferenceFastPath
 from .middleware import RequestObserver
 from .routes import router
 from .runtime import CUDA
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.server = state
     install_handlers(app)
     app.include_router(router)
+    # Starlette makes the last added the outermost: the observer sees every request, the fast
+    # path answers inference requests before FastAPI's router.
+    app.add_middleware(InferenceFastPath, state=state)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
     return app
 
