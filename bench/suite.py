@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.testing import ROOT
+
 from . import load, proc
 from . import profile as prof
 from . import server as srvmod
@@ -104,7 +106,7 @@ class Bench:
     def raw(self, config: dict, cases: list[str], seconds: float) -> dict:
         cmd = [sys.executable, "-m", "bench.rawort", str(self.model_path), "--config", json.dumps(config),
                "--cases", ",".join(cases), "--seconds", str(seconds), "--providers", self.providers]
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=srvmod.ROOT)
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
             raise RuntimeError(f"raw ONNX Runtime run failed: {p.stderr[-2000:]}")
         return json.loads(p.stdout.strip().splitlines()[-1])
@@ -187,8 +189,8 @@ class Bench:
             cmd += ["--bodies", str(bodies)]
         if closed:
             cmd += ["--closed", str(closed)]
-        m0, cpu0, win = srv.metrics(), srv.cpu_s(), proc.Window.start()
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=srvmod.ROOT)
+        cpu0, win = srv.cpu_s(), proc.Window.start()
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         win.stop()
         cpu1 = srv.cpu_s()
         if p.returncode != 0:

@@ -57,8 +57,6 @@ def train_demo(*, epochs: int | None = None, max_steps: int | None = None,
                progress: bool = True) -> tuple[StackedLSTM, Normalization, dict[str, Any]]:
     """Train the forecaster; return the model (head outputs deg C), the input normalisation and
     the evaluation (test MAE vs the persistence baseline)."""
-    from tqdm import tqdm
-
     epochs = DEFAULTS["epochs"] if epochs is None else epochs
     hidden_size = hidden_size or DEFAULTS["hidden_size"]
     num_layers = num_layers or DEFAULTS["num_layers"]

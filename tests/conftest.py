@@ -6,95 +6,31 @@ in real ONNX Runtime, and servers are real ``python -m app`` processes on 127.0.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from app.testing import ROOT, ServerProcess, free_port
+from app.testing import start_server as _start
+
+__all__ = ["ROOT", "Reference", "Server", "free_port", "start_server"]
 DEMO = ROOT / "models" / "demo"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A running ``python -m app`` on 127.0.0.1."""
-
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-    settings: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def hostport(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Server(ServerProcess):
+    """A test server: a ServerProcess plus its /metrics text."""
 
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=10).text
 
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 def start_server(repository: Path, log_dir: Path, **settings: object) -> Server:
-    """Start a server with ``LSTM_SERVE_*`` settings and wait until it reports ready."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
-    env.update(
-        {
-            "LSTM_SERVE_MODEL_REPOSITORY": str(repository),
-            "LSTM_SERVE_HOST": "127.0.0.1",
-            "LSTM_SERVE_PORT": str(port),
-        }
-    )
-    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"server-{port}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
-    )
-    server = Server(proc, port, log_path, {k: str(v) for k, v in settings.items()})
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server not ready in 90 s:\n{server.log()[-4000:]}")
+    proc = _start(repository, log_dir, **settings)
+    return Server(proc.proc, proc.port, proc.log_path, proc.settings)
 
 
 @pytest.fixture(scope="session")

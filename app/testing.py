@@ -1,0 +1,91 @@
+"""Start a real ``lstm-serve`` process, for the tests and the benchmark.
+
+Settings go in as ``LSTM_SERVE_*`` environment variables, the server listens on 127.0.0.1 on a
+free port, and :func:`start_server` returns once ``/v2/health/ready`` answers 200 (or raises
+with the end of the server's log). Nothing here is used by the server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m app`` on 127.0.0.1."""
+
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (the server drains), then wait; killed if it outlives ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, **settings: object) -> ServerProcess:
+    """Start a server with ``LSTM_SERVE_<KEY>`` settings and wait until it reports ready."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
+    env.update(
+        {"LSTM_SERVE_MODEL_REPOSITORY": str(repository), "LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port)}
+    )
+    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    )
+    server = ServerProcess(proc, port, log_path, {k: str(v) for k, v in settings.items()})
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready in {ready_timeout:.0f} s:\n{server.log()[-4000:]}")
