@@ -137,7 +137,14 @@ class Batcher(Generic[T, R]):
                 self._slots.release()
                 continue
             self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
+            # Hand the batch to its worker thread here, not in the task below: a new task runs
+            # only after every callback already queued (answers being written), and the
+            # runtime would sit idle meanwhile.
+            dispatched = time.monotonic()
+            work = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [e.item for e in batch]
+            )
+            task = asyncio.create_task(self._finish(batch, work, dispatched))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -198,29 +205,33 @@ class Batcher(Generic[T, R]):
         self._set_queued(self._queued - sum(e.size for e in batch))
         return batch
 
-    async def _run(self, batch: list[_Entry[T]]) -> None:
-        dispatched = time.monotonic()
+    async def _finish(self, batch: list[_Entry[T]], work: asyncio.Future, dispatched: float) -> None:
+        """Wait for a batch, free its slot, then answer its requests."""
         size = sum(e.size for e in batch)
         self._metrics.batch_size.observe(size)
         for e in batch:
             self._metrics.queue_duration.observe(dispatched - e.arrival)
+        failure: InferenceFailed | None = None
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._run_batch, [e.item for e in batch])
-            elapsed = time.monotonic() - dispatched
-            for e, r in zip(batch, results, strict=True):
-                if not e.future.done():
-                    e.future.set_result(Completed(r, size, dispatched - e.arrival, elapsed))
+            results = await work
         except Exception as exc:
             log.exception("batch of %d sequences failed on model %s", size, self.name)
-            err = InferenceFailed(f"inference failed on model '{self.name}': {exc}")
-            for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(err)
+            failure = InferenceFailed(f"inference failed on model '{self.name}': {exc}")
         finally:
+            # The slot is freed before the answers go out, so the loop can dispatch the next
+            # batch ahead of the response writing that the answers trigger.
             self._in_flight -= 1
             self._slots.release()
             self._wakeup.set()
+        elapsed = time.monotonic() - dispatched
+        if failure is not None:
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(failure)
+            return
+        for e, r in zip(batch, results, strict=True):
+            if not e.future.done():
+                e.future.set_result(Completed(r, size, dispatched - e.arrival, elapsed))
 
     def _set_queued(self, n: int) -> None:
         # inc/dec, not set: several loaded versions of one model share the {model} gauge.
