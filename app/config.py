@@ -79,16 +79,19 @@ class Settings(BaseSettings):
     """Execution provider: ``auto`` takes CUDA when onnxruntime-gpu sees a GPU, else CPU;
     ``cuda`` fails at start without one; ``cpu`` never uses a GPU."""
 
-    intra_op_threads: int = Field(1, ge=0)
-    """ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core).
-    One thread beat ORT's two-thread pool on two shared cores (bench tuning grid, 32 clients, v2
-    JSON: 1479 seq/s at 0.95 CPU-ms/request with one thread and one batch in flight, against
-    1385 at 0.97 with the pool): the pool meets at a barrier on every LSTM step and stalls when
-    the event loop takes a core. With spinning on, the pool served more at 32 clients (1332
-    vs 1151 seq/s) but burnt 1.42 against 1.04 CPU-ms/request, and 3.0 ms at one client."""
+    intra_op_threads: int = Field(2, ge=0)
+    """ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core of
+    the *node*, which in a container can be far more than the pod may use: set it to the pod's
+    CPU request). Two, without spinning, measured best once the HTTP path was made lean
+    (bench/results, 2 cores, 32 clients, v2 JSON, three runs: 1960, 1519-1904 and 2046 seq/s
+    against 1388, 1721 and 1523 with one thread, at equal CPU per request: 0.72-0.93 against
+    0.70-0.86 ms). Before that, when FastAPI's router took a fifth of the CPU, one thread won
+    (1479 against 1385 seq/s)."""
 
     allow_spinning: bool = False
-    """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs."""
+    """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs
+    (2.6 against 1.7 CPU-ms per request for a lone client, 1.06 against 0.73 at 32 clients,
+    for no more throughput)."""
 
     cpu_mem_arena: bool = False
     """ONNX Runtime's CPU memory arena keeps the largest batch shape's memory forever; off, RSS
