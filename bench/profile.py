@@ -25,7 +25,7 @@ CENTRES: list[tuple[str, re.Pattern[str]]] = [
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
     ("access log (logging + JSON)", re.compile(r"logging/|app/logs\.py")),
     ("batcher (app.batcher)", re.compile(r"app/batcher\.py")),
-    ("route + middleware (app.routes, app.middleware)", re.compile(r"app/(routes|middleware|errors|repository|state)\.py")),
+    ("route + middleware (app.inference, app.routes, app.middleware)", re.compile(r"app/(inference|routes|middleware|errors|repository|state)\.py")),
     ("FastAPI / Starlette", re.compile(r"fastapi/|starlette/|anyio/|pydantic")),
     ("uvicorn HTTP (httptools)", re.compile(r"uvicorn/")),
     ("worker threads (concurrent.futures)", re.compile(r"concurrent/futures|threading\.py")),
