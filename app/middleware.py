@@ -1,8 +1,8 @@
 """Per-request observability as plain ASGI middleware (no per-request task or body copy):
 request id, the whole-request latency histogram, the in-flight gauge and the access log line.
 
-Routes put what only they know (model, batch size, queue and inference time) into
-``request.state``; this layer reads it once the response has gone out.
+The inference endpoint puts what only it knows (model, batch size, queue and inference time,
+error) into the scope's state; this layer reads it once the response has gone out.
 """
 
 from __future__ import annotations
