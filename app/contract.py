@@ -218,6 +218,27 @@ class ModelSpec:
         return d
 
 
+def feeds(
+    spec: ModelSpec,
+    x: np.ndarray,
+    lengths: np.ndarray | None = None,
+    initial_h: np.ndarray | None = None,
+    initial_c: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The graph's feeds for rows ``x`` [batch, time, features]: full lengths and a fresh state
+    unless given. Everything that runs an artifact outside the server (verification, tests,
+    benchmarks) builds its feeds here; the server pads several requests (``app.padding``)."""
+    batch, time = x.shape[0], x.shape[1]
+    out = {
+        INPUT: np.asarray(x, dtype=INPUT_DTYPE),
+        SEQUENCE_LENS: np.full(batch, time, LENGTHS_DTYPE) if lengths is None else np.asarray(lengths, LENGTHS_DTYPE),
+    }
+    if spec.stateful:
+        out[INITIAL_H] = spec.zero_state(batch) if initial_h is None else np.asarray(initial_h, STATE_DTYPE)
+        out[INITIAL_C] = spec.zero_state(batch) if initial_c is None else np.asarray(initial_c, STATE_DTYPE)
+    return out
+
+
 def check_lengths(lengths: np.ndarray, time: int) -> None:
     """Refuse lengths the graph would silently get wrong.
 

@@ -31,7 +31,8 @@ def timed(fn, seconds: float) -> tuple[float, float]:  # type: ignore[no-untyped
 def main() -> None:
     import onnxruntime as ort
 
-    from app.contract import ModelSpec  # stdlib + numpy only (the device has no server deps)
+    from app import contract  # stdlib + numpy only (the device has no server deps)
+    from app.contract import ModelSpec
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -50,10 +51,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for b in [int(v) for v in args.batches.split(",")]:
         x = rng.standard_normal((b, args.length, spec.input_size)).astype(np.float32)
-        feeds = {"input": x, "sequence_lens": np.full(b, args.length, np.int32)}  # as padding.merge builds them
-        if spec.stateful:
-            feeds["initial_h"] = spec.zero_state(b)
-            feeds["initial_c"] = spec.zero_state(b)
+        feeds = contract.feeds(spec, x)
         row: dict = {"batch": b}
         calls, p50 = timed(lambda: sess.run(["output"], feeds), args.seconds)
         row.update(run_seq_s=calls * b, run_p50_ms=p50)

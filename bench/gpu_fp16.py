@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from app import contract
 from app.contract import ModelSpec
 
 
@@ -27,9 +28,7 @@ def main() -> None:
     print("providers", s16.get_providers(), "precision", spec.precision)
     rng = np.random.default_rng(0)
     for b in (1, 64, 256):
-        feeds = {"input": rng.standard_normal((b, 50, spec.input_size)).astype(np.float32),
-                 "sequence_lens": np.full(b, 50, np.int32),
-                 "initial_h": spec.zero_state(b), "initial_c": spec.zero_state(b)}
+        feeds = contract.feeds(spec, rng.standard_normal((b, 50, spec.input_size)))
         o32, o16 = s32.run(["output"], feeds)[0], s16.run(["output"], feeds)[0]
         row = {"batch": b, "max_abs_err": float(np.abs(o16 - o32).max()),
                "rel_l2": float(np.linalg.norm(o16 - o32) / np.linalg.norm(o32))}

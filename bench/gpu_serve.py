@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from app import contract
 from app.contract import ModelSpec
 from app.testing import start_server
 
@@ -36,10 +37,7 @@ def raw_curve(path: Path, batches: list[int], seconds: float) -> list[dict]:
     spec = ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
     rows = []
     for b in batches:
-        feeds = {"input": np.random.default_rng(b).standard_normal((b, T, spec.input_size)).astype(np.float32),
-                 "sequence_lens": np.full(b, T, np.int32)}
-        if spec.stateful:
-            feeds["initial_h"] = feeds["initial_c"] = spec.zero_state(b)
+        feeds = contract.feeds(spec, np.random.default_rng(b).standard_normal((b, T, spec.input_size)))
         calls, p50 = timed(lambda feeds=feeds: sess.run(["output"], feeds), seconds)
         rows.append({"batch": b, "run_seq_s": calls * b, "run_p50_ms": p50})
     return rows

@@ -29,19 +29,9 @@ def session(model: bytes | str, *, threads: int = 1, providers: list[str] | None
     return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def feeds(spec: C.ModelSpec, x: np.ndarray, lengths: np.ndarray,
-          h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    out = {C.INPUT: x.astype(C.INPUT_DTYPE), C.SEQUENCE_LENS: lengths.astype(C.LENGTHS_DTYPE)}
-    if spec.stateful:
-        zero = spec.zero_state(x.shape[0])
-        out[C.INITIAL_H] = zero if h0 is None else h0.astype(C.STATE_DTYPE)
-        out[C.INITIAL_C] = zero if c0 is None else c0.astype(C.STATE_DTYPE)
-    return out
-
-
 def run(sess: ort.InferenceSession, spec: C.ModelSpec, x: np.ndarray, lengths: np.ndarray,
         h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    values = sess.run(list(spec.output_names), feeds(spec, x, lengths, h0, c0))
+    values = sess.run(list(spec.output_names), C.feeds(spec, x, lengths, h0, c0))
     return dict(zip(spec.output_names, values))
 
 
@@ -50,7 +40,7 @@ def latency(sess: ort.InferenceSession, spec: C.ModelSpec, *, length: int, batch
     """Median wall time of ``runs`` calls on a full batch of ``length`` steps (after warm-up)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, length, spec.input_size)).astype(np.float32)
-    f = feeds(spec, x, np.full(batch, length, np.int32))
+    f = C.feeds(spec, x)
     names = list(spec.output_names)
     for _ in range(3):
         sess.run(names, f)

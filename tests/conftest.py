@@ -79,13 +79,11 @@ class Reference:
 
     def run(self, model: str, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Run one sequence ``x`` [time, features]."""
+        from app.contract import feeds
+
         sess, spec = self._sessions[model]
-        feeds = {"input": x[None].astype(np.float32), "sequence_lens": np.array([len(x)], np.int32)}
-        if spec.stateful:
-            feeds["initial_h"] = spec.zero_state(1) if h0 is None else h0
-            feeds["initial_c"] = spec.zero_state(1) if c0 is None else c0
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feeds)))
+        return dict(zip(names, sess.run(names, feeds(spec, x[None], initial_h=h0, initial_c=c0)), strict=True))
 
 
 @pytest.fixture(scope="session")
