@@ -94,10 +94,6 @@ class Batcher(Generic[T, R]):
         """Sequences waiting for a batch."""
         return self._queued
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def check_room(self, size: int = 1) -> None:
         """Refuse before any work is spent on a request that could not be queued."""
         if self._closing:

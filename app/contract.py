@@ -253,11 +253,3 @@ def check_lengths(lengths: np.ndarray, time: int) -> None:
             f"got min {int(lengths.min())} and max {int(lengths.max())}"
         )
 
-
-def mask_after_lengths(output: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Zero many-to-many steps past each row's length (what the graph itself guarantees).
-
-    Reference semantics for tests on both sides; the graph applies the same mask after its head.
-    """
-    steps = np.arange(output.shape[1])[None, :]
-    return np.where((steps < lengths[:, None])[..., None], output, 0).astype(output.dtype)
