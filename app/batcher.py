@@ -10,8 +10,8 @@ faults fixed:
   lone client pays no batching delay, and batches grow only while the runtime is busy.
 * The queue is bounded in *sequences*; a full queue refuses up front (``QueueFull`` -> 503),
   so nothing accepted is lost and overload does not turn into unbounded latency.
-* When more than one batch is waiting, the oldest request goes first and is joined by the
-  requests closest to it in length, which cuts padding (the LSTM runs to the longest row).
+* Which waiting requests form the next batch is a policy of its own (``scheduling``; by
+  default the oldest request, joined by those closest to it in length, to cut padding).
 * Requests whose caller went away (timeout) are dropped before their batch runs.
 * At most ``max_in_flight`` batches run at once, each on a worker thread.
 
@@ -31,6 +31,7 @@ from typing import Generic, TypeVar
 
 from .errors import InferenceFailed, QueueFull, ShuttingDown
 from .metrics import ModelMetrics
+from .scheduling import OldestClosestLength, Policy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,6 +70,7 @@ class Batcher(Generic[T, R]):
         max_in_flight: int,
         dispatch_when_idle: bool,
         metrics: ModelMetrics,
+        policy: Policy | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -78,6 +80,7 @@ class Batcher(Generic[T, R]):
         self.max_in_flight = max_in_flight
         self.dispatch_when_idle = dispatch_when_idle
         self._metrics = metrics
+        self._policy: Policy = policy or OldestClosestLength()
         self._queue: list[_Entry[T]] = []
         self._queued = 0  # sequences waiting
         self._in_flight = 0
@@ -104,8 +107,9 @@ class Batcher(Generic[T, R]):
                 "sequences waiting); retry later"
             )
 
-    async def submit(self, item: T, size: int, length: int) -> Completed[R]:
-        """Queue ``item`` (``size`` sequences of ``length`` steps) and wait for its result."""
+    def enqueue(self, item: T, size: int, length: int) -> asyncio.Future:
+        """Queue ``item`` (``size`` sequences of ``length`` steps); the future resolves to its
+        :class:`Completed` (or the batch's error). Cancel it with :meth:`cancel`."""
         self.check_room(size)
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -113,12 +117,22 @@ class Batcher(Generic[T, R]):
         self._queue.append(entry)
         self._set_queued(self._queued + size)
         self._wakeup.set()
+        return entry.future
+
+    def cancel(self, future: asyncio.Future) -> None:
+        """The caller is gone (timeout, closed connection): its rows leave the queue now."""
+        if not future.done():
+            future.cancel()
+        self._drop_cancelled()
+
+    async def submit(self, item: T, size: int, length: int) -> Completed[R]:
+        """Queue ``item`` and wait for its result."""
+        future = self.enqueue(item, size, length)
         try:
-            return await entry.future
+            return await future
         finally:
-            if not entry.future.done() or entry.future.cancelled():
-                entry.future.cancel()  # caller gone (timeout): its rows leave the queue now
-                self._drop_cancelled()
+            if not future.done() or future.cancelled():
+                self.cancel(future)
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -179,23 +193,12 @@ class Batcher(Generic[T, R]):
             self._set_queued(sum(e.size for e in kept))
 
     def _take(self) -> list[_Entry[T]]:
-        """The oldest request, joined by those closest to it in length, up to a full batch."""
+        """The next batch, as the selection policy picks it, out of the queue."""
         self._drop_cancelled()
-        if not self._queue:
-            return []
-        if self._queued <= self.max_batch_size:
-            batch = self._queue
+        batch = self._policy.select(self._queue, self.max_batch_size)
+        if len(batch) == len(self._queue):
             self._queue = []
         else:
-            oldest = self._queue[0]
-            rest = sorted(self._queue[1:], key=lambda e: abs(e.length - oldest.length))
-            batch, room = [oldest], self.max_batch_size - oldest.size
-            for e in rest:
-                if e.size <= room:
-                    batch.append(e)
-                    room -= e.size
-                    if room == 0:
-                        break
             chosen = set(map(id, batch))
             self._queue = [e for e in self._queue if id(e) not in chosen]
         self._set_queued(self._queued - sum(e.size for e in batch))

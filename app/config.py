@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     """TCP port for HTTP (KServe v2 REST and /metrics)."""
 
+    workers: int = Field(1, ge=1, le=64)
+    """HTTP processes, each a uvicorn server on the one listening socket. With 1 everything runs
+    in one process. With 2 or more, HTTP parsing, decoding and encoding spread over several
+    processes (one event loop and one GIL each) while, with ``engine=shared``, one engine process
+    owns every ONNX Runtime session and batcher, so batches form across all workers."""
+
+    engine: Literal["shared", "per_worker"] = "shared"
+    """With ``workers`` >= 2: ``shared`` runs one engine process behind every HTTP worker (global
+    batching, one copy of each model, HTTP processes never load ONNX Runtime); ``per_worker``
+    gives each worker its own sessions and batchers (independent copies, as ``uvicorn
+    --workers`` would)."""
+
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most sequences one ONNX Runtime call receives."""
 
@@ -54,9 +66,10 @@ class Settings(BaseSettings):
     """Most sequences waiting per model version; past it requests are refused with 503 and
     Retry-After before their body is decoded."""
 
-    max_batches_in_flight: int = Field(1, ge=1, le=64)
-    """ONNX Runtime calls running at once per model version (each on a worker thread).
-    One, measured (bench/results, 2 shared cores, 32 clients, v2 JSON, same run, A/B twice):
+    max_batches_in_flight: int | None = Field(None, ge=1, le=64)
+    """ONNX Runtime calls running at once per model version (each on a worker thread). Unset:
+    1 in one process or per worker, 2 in a shared engine (whose event loop does no HTTP work,
+    so two batches keep both cores on inference). One process, measured (bench/results, 2 shared cores, 32 clients, v2 JSON, same run, A/B twice):
     1 in flight served 1474-1519 seq/s against 1014-1074 with 2 (and 1079 with 3); with 2 the
     process used only 1.1 cores against 1.47, the event loop starved while two ORT calls held
     both cores. The queue fills while the one batch runs, so batches stay as large (16 vs 14-15)."""
@@ -79,10 +92,11 @@ class Settings(BaseSettings):
     """Execution provider: ``auto`` takes CUDA when onnxruntime-gpu sees a GPU, else CPU;
     ``cuda`` fails at start without one; ``cpu`` never uses a GPU."""
 
-    intra_op_threads: int = Field(2, ge=0)
+    intra_op_threads: int | None = Field(None, ge=0)
     """ONNX Runtime intra-op threads per session (0 = ONNX Runtime's default, one per core of
     the *node*, which in a container can be far more than the pod may use: set it to the pod's
-    CPU request). Two, without spinning, measured best once the HTTP path was made lean
+    CPU request). Unset: 2 in one process, 1 with several workers (parallelism then comes from
+    batches in flight or from the workers). In one process two, without spinning, measured best once the HTTP path was made lean
     (bench/results, 2 cores, 32 clients, v2 JSON, three runs: 1960, 1519-1904 and 2046 seq/s
     against 1388, 1721 and 1523 with one thread, at equal CPU per request: 0.72-0.93 against
     0.70-0.86 ms). Before that, when FastAPI's router took a fifth of the CPU, one thread won
@@ -105,6 +119,25 @@ class Settings(BaseSettings):
 
     access_log: bool = True
     """Write one structured JSON line per inference request."""
+
+    @property
+    def shared_engine(self) -> bool:
+        """Whether an engine process serves several HTTP workers."""
+        return self.workers > 1 and self.engine == "shared"
+
+    @property
+    def batches_in_flight(self) -> int:
+        """``max_batches_in_flight``, or its default for this process layout."""
+        if self.max_batches_in_flight is not None:
+            return self.max_batches_in_flight
+        return 2 if self.shared_engine else 1
+
+    @property
+    def ort_threads(self) -> int:
+        """``intra_op_threads``, or its default for this process layout."""
+        if self.intra_op_threads is not None:
+            return self.intra_op_threads
+        return 2 if self.workers == 1 else 1
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

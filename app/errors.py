@@ -66,6 +66,10 @@ class ModelNotReady(Unavailable):
     pass
 
 
+class EngineUnavailable(Unavailable):
+    """The engine process is gone or not reachable; the supervisor restarts or stops the pod."""
+
+
 class RequestTimeout(ServingError):
     status = 504
 
@@ -74,6 +78,22 @@ class InferenceFailed(ServingError):
     """ONNX Runtime failed on a batch: only that batch's requests get it."""
 
     status = 500
+
+
+def _kinds(cls: type[ServingError]) -> dict[str, type[ServingError]]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_kinds(sub))
+    return out
+
+
+def rebuild(kind: str, message: str, headers: dict[str, str]) -> ServingError:
+    """An error the engine process raised for a request, raised again in the HTTP worker that
+    sent it: same class (so the same status), message and headers."""
+    cls = _kinds(ServingError).get(kind, ServingError)
+    err = cls.__new__(cls)
+    ServingError.__init__(err, message, headers=headers)
+    return err
 
 
 @dataclass(frozen=True)

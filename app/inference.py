@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
+from .sequences import Job
 from .state import ServerState
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -65,16 +66,17 @@ async def infer(
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
-    model = state.repository.get(name, version)
+    engine = state.engine
+    model = engine.model(name, version)
     info["model"] = model.name
     info["version"] = model.version
     body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
-    model.batcher.check_room()
+    engine.admit(model)
     req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
     timeout = state.settings.request_timeout_s
     try:
         async with asyncio.timeout(timeout):
-            done = await model.infer(req.sequences, req.outputs)
+            done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs))
     except TimeoutError:
         raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000

@@ -5,7 +5,11 @@ the repository, never a name a client made up: requests for unknown models count
 ``model=""``). Durations are histograms, not cumulative counters, so p99 is a query away:
 ``histogram_quantile(0.99, sum by (le) (rate(lstm_serve_request_duration_seconds_bucket[1m])))``.
 
-One server process per pod: no multiprocess mode is needed (uvicorn runs one worker).
+With ``workers=1`` the registry is this process's own. With several processes (HTTP workers
+and the engine, see ``supervisor``) prometheus-client's multiprocess mode is on: each process
+writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` and any worker's ``/metrics``
+merges them, so a request counts once whichever worker served it. Request families are
+written by the workers, queue and batch families by the engine; gauges say how to merge.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,6 +37,7 @@ log = logging.getLogger("lstm_serve.metrics")
 disable_created_metrics()
 
 PREFIX = "lstm_serve"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # 100 µs to 10 s: sub-millisecond batch-1 inference up to a request stuck behind a full queue.
 DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -122,14 +130,17 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             f"{p}_queue_depth", "Sequences waiting in the batcher's queue.", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
             f"{p}_inflight_requests", "Inference requests being handled.", registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
             f"{p}_model_info", "Loaded model versions and their execution provider.",
-            ["model", "version", "provider"], registry=r,
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )
+        self._gpu: Collector | None = None
 
     def for_model(self, name: str, version: str, provider: str) -> ModelMetrics:
         self.model_info.labels(name, version, provider).set(1)
@@ -150,12 +161,20 @@ class Metrics:
     def enable_gpu(self) -> None:
         """Add NVML gauges (device memory, utilisation) when a GPU serves; absent on CPU."""
         try:
-            self.registry.register(_GpuCollector())
+            self._gpu = _GpuCollector()
+            self.registry.register(self._gpu)
         except Exception as exc:  # NVML missing or no device: the gauges stay absent
             log.warning("GPU metrics disabled: %s", exc)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path)
+        if self._gpu is not None:
+            registry.register(self._gpu)
+        return generate_latest(registry)
 
 
 class _GpuCollector(Collector):

@@ -7,6 +7,7 @@ error) into the scope's state; this layer reads it once the response has gone ou
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -26,6 +27,7 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.access = AccessLog(access_log)
+        self.pid = os.getpid()  # which HTTP worker answered, when there are several
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,5 +85,6 @@ class RequestObserver:
                         "queue_ms": state.get("queue_ms"),
                         "inference_ms": state.get("inference_ms"),
                         "error": state.get("error"),
+                        "pid": self.pid,
                     }
                 )

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import padding
-from .batcher import Batcher, Completed
+from .batcher import Batcher
+from .catalog import ModelInfo
 from .config import Settings
 from .contract import ModelSpec
 from .metrics import Metrics
-from .protocol import SequenceRequest
 from .runtime import Runtime
+from .sequences import Job, Sequences
 
 log = logging.getLogger("lstm_serve.model")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One request as the batcher queues it: its sequences and the outputs it wants."""
-
-    sequences: SequenceRequest
-    outputs: tuple[str, ...]
 
 
 class ServedModel:
@@ -47,7 +39,7 @@ class ServedModel:
             max_batch_size=settings.max_batch_size,
             max_queue_size=settings.max_queue_size,
             max_delay_s=settings.max_queue_delay_ms / 1000.0,
-            max_in_flight=settings.max_batches_in_flight,
+            max_in_flight=settings.batches_in_flight,
             dispatch_when_idle=settings.dispatch_when_idle,
             metrics=self._metrics,
         )
@@ -70,14 +62,14 @@ class ServedModel:
         per_request = padding.split(outputs, seqs, self.spec)
         return [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
 
-    async def infer(self, sequences: SequenceRequest, outputs: tuple[str, ...]) -> Completed[dict[str, np.ndarray]]:
-        return await self.batcher.submit(Job(sequences, outputs), sequences.n, sequences.t)
+    def info(self, ready: bool) -> ModelInfo:
+        return ModelInfo(self.name, self.version, self.spec, self.provider, ready)
 
     def warm_up(self, max_batch_size: int) -> None:
         """Run the graph at batch 1 and at the largest batch so first requests pay no setup."""
         rng = np.random.default_rng(0)
         for n in sorted({1, max_batch_size}):
             x = rng.standard_normal((n, 8, self.spec.input_size)).astype(np.float32)
-            merged = padding.merge([SequenceRequest(x, np.full(n, 8, dtype=np.int32))], self.spec)
+            merged = padding.merge([Sequences(x, np.full(n, 8, dtype=np.int32))], self.spec)
             self.runtime.run(merged.feeds, list(self.spec.output_names))  # not counted in metrics
         self.ready = True

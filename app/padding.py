@@ -16,7 +16,7 @@ import numpy as np
 
 from . import contract
 from .contract import ModelSpec
-from .protocol import SequenceRequest
+from .sequences import Sequences
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Padded:
         return 1.0 - self.valid_steps / total if total else 0.0
 
 
-def merge(requests: Sequence[SequenceRequest], spec: ModelSpec) -> Padded:
+def merge(requests: Sequence[Sequences], spec: ModelSpec) -> Padded:
     """Right-pad and concatenate ``requests`` into the graph's feeds."""
     time = max(r.t for r in requests)
     total = sum(r.n for r in requests)
@@ -58,7 +58,7 @@ def merge(requests: Sequence[SequenceRequest], spec: ModelSpec) -> Padded:
     return Padded(feeds, total, time, valid)
 
 
-def _state(requests: Sequence[SequenceRequest], spec: ModelSpec, attr: str) -> np.ndarray:
+def _state(requests: Sequence[Sequences], spec: ModelSpec, attr: str) -> np.ndarray:
     parts = [getattr(r, attr) for r in requests]
     if all(p is None for p in parts):
         return spec.zero_state(sum(r.n for r in requests))
@@ -68,7 +68,7 @@ def _state(requests: Sequence[SequenceRequest], spec: ModelSpec, attr: str) -> n
 
 
 def split(
-    outputs: dict[str, np.ndarray], requests: Sequence[SequenceRequest], spec: ModelSpec
+    outputs: dict[str, np.ndarray], requests: Sequence[Sequences], spec: ModelSpec
 ) -> list[dict[str, np.ndarray]]:
     """Cut each request's rows (and, for many-to-many, its own time length) out of the batch."""
     results: list[dict[str, np.ndarray]] = []

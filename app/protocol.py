@@ -26,6 +26,7 @@ import orjson
 from . import contract
 from .contract import ModelSpec
 from .errors import InvalidInput
+from .sequences import Sequences
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -64,37 +65,11 @@ class Limits:
 
 
 @dataclass
-class SequenceRequest:
-    """One decoded inference request: ``n`` sequences padded to one time length ``t``.
-
-    This is what the batcher queues; ``padding.merge`` pads several into one model call.
-    """
-
-    x: np.ndarray  # float32 [n, t, features]
-    lengths: np.ndarray  # int32 [n], 1 <= length <= t
-    initial_h: np.ndarray | None = None  # float32 [layers, n, hidden]
-    initial_c: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def t(self) -> int:
-        return int(self.x.shape[1])
-
-    @property
-    def steps(self) -> int:
-        """Valid time steps in this request (the work it really asks for)."""
-        return int(self.lengths.sum())
-
-
-@dataclass
 class InferRequest:
     """A decoded request: the sequences, what to answer and how."""
 
     id: str | None
-    sequences: SequenceRequest
+    sequences: Sequences
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str] = field(default_factory=frozenset)
 
@@ -240,7 +215,7 @@ def decode_request(
     return InferRequest(req_id, _sequences(tensors, spec, limits), outputs, binary_outputs)
 
 
-def _sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> SequenceRequest:
+def _sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Sequences:
     x = tensors.get(contract.INPUT)
     if x is None:
         raise InvalidInput(f"input '{contract.INPUT}' is required")
@@ -297,7 +272,7 @@ def _sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) 
                 raise InvalidInput(f"input '{name}' must have shape {list(want)}, got {list(s.shape)}")
             if not np.isfinite(s).all():
                 raise InvalidInput(f"input '{name}' contains NaN or infinite values")
-    return SequenceRequest(x, lengths, h0, c0)
+    return Sequences(x, lengths, h0, c0)
 
 
 def encode_response(

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 from .config import Settings
-from .errors import ModelNotFound, ModelNotReady
 from .metrics import Metrics
 from .model import ServedModel
 
@@ -77,22 +76,6 @@ class Repository:
                     "loaded model",
                     extra={"model": name, "version": version, "provider": model.provider, "spec": model.spec.describe()},
                 )
-
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        versions = self.models.get(name)
-        if not versions:
-            raise ModelNotFound(f"unknown model '{name}'; this server serves {sorted(self.models)}")
-        if version is None:
-            model = versions[max(versions)]
-        else:
-            if not version.isdigit() or int(version) not in versions:
-                raise ModelNotFound(
-                    f"model '{name}' has no loaded version '{version}'; loaded: {sorted(versions)}"
-                )
-            model = versions[int(version)]
-        if not model.ready:
-            raise ModelNotReady(f"model '{name}' version {model.version} is not ready")
-        return model
 
     def all(self) -> list[ServedModel]:
         return [m for versions in self.models.values() for m in versions.values()]

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from . import __version__, inference, protocol, schema
-from .model import ServedModel
+from .catalog import ModelInfo
 from .state import ServerState
 
 router = APIRouter()
@@ -49,7 +49,7 @@ async def server_metadata() -> Response:
     return _json({"name": "lstm-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
-def _metadata(model: ServedModel, versions: list[int]) -> dict:
+def _metadata(model: ModelInfo, versions: list[int]) -> dict:
     spec = model.spec
     ins = spec.input_shapes()
     outs = spec.output_shapes()
@@ -77,16 +77,16 @@ def _metadata(model: ServedModel, versions: list[int]) -> dict:
 )
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     """Inputs, outputs, datatypes and shapes (-1 for dynamic axes), read from the artifact."""
-    repo = _state(request).repository
-    model = repo.get(name, version)
-    return _json(_metadata(model, sorted(repo.models[name])))
+    engine = _state(request).engine
+    model = engine.model(name, version)
+    return _json(_metadata(model, sorted(engine.catalog()[name])))
 
 
 @router.get("/v2/models/{name}/ready", tags=["health"])
 @router.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     state = _state(request)
-    model = state.repository.get(name, version)
+    model = state.engine.model(name, version)
     ok = model.ready and not state.draining
     return _json({"name": name, "ready": ok}, 200 if ok else 503)
 

@@ -53,7 +53,7 @@ class Runtime:
         ort = _ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = settings.intra_op_threads
+        opts.intra_op_num_threads = settings.ort_threads
         opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = settings.cpu_mem_arena
         opts.add_session_config_entry(

@@ -1,7 +1,10 @@
-"""The application: app factory, lifespan (load, warm up, drain) and the process entry.
+"""The application: app factory, lifespan (start the engine, drain) and the process entries.
 
-Start-up order: load every model and warm it up off the event loop, and only then report
-ready. Shutdown on SIGTERM: readiness turns false at once and new inference is refused with
+``serve`` runs one process (``workers=1``: the engine in-process) or hands over to
+``supervisor`` (several HTTP workers, each entering through ``serve_worker``).
+
+Start-up order: the engine loads every model and warms it up off the event loop (or, in a
+worker, connects to the engine process), and only then is the server ready. Shutdown on SIGTERM: readiness turns false at once and new inference is refused with
 503, while every request already accepted is answered; uvicorn stops accepting connections,
 waits for open requests up to the drain timeout, then the batchers drain and the process exits.
 """
@@ -18,11 +21,14 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from . import __version__, logs
+from . import __version__, logs, supervisor
 from .config import Settings
+from .engine import Engine, LocalEngine
 from .errors import install_handlers
 from .inference import InferenceFastPath
+from .metrics import Metrics
 from .middleware import RequestObserver
+from .remote import RemoteEngine
 from .routes import router
 from .runtime import CUDA
 from .state import ServerState
@@ -30,27 +36,29 @@ from .state import ServerState
 log = logging.getLogger("lstm_serve.server")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the ASGI app; models load when it starts (lifespan), not here."""
+def create_app(settings: Settings | None = None, engine: Engine | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """Build the ASGI app; the engine starts when the app starts (lifespan), not here.
+    Without an ``engine``, models are served in this process."""
     settings = settings or Settings()
-    state = ServerState.create(settings)
+    metrics = metrics or Metrics(settings.max_batch_size)
+    state = ServerState.create(settings, engine or LocalEngine(settings, metrics), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.repository.load)
-        if any(m.provider == CUDA for m in state.repository.all()):
+        await state.engine.start()
+        if CUDA in state.engine.providers():
             state.metrics.enable_gpu()
         log.info(
             "ready",
             extra={
-                "models": {n: sorted(v) for n, v in state.repository.models.items()},
-                "providers": sorted({m.provider for m in state.repository.all()}),
-                "repository": str(state.repository.root),
+                "models": {n: sorted(v) for n, v in state.engine.catalog().items()},
+                "providers": sorted(state.engine.providers()),
+                "repository": str(settings.model_repository.resolve()),
             },
         )
         yield
         state.draining = True
-        await state.repository.drain(settings.drain_timeout_s)
+        await state.engine.close(settings.drain_timeout_s)
         log.info("drained; exiting")
 
     app = FastAPI(
@@ -88,10 +96,7 @@ class _Server(uvicorn.Server):
             getattr(self, "_captured_signals", []).clear()
 
 
-def serve(settings: Settings) -> None:
-    """Run one server process until SIGTERM/SIGINT, then drain."""
-    logs.setup(settings.log_level)
-    app = create_app(settings)
+def _run(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -104,4 +109,21 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
     )
-    _Server(config, app.state.server).run()
+    _Server(config, app.state.server).run(sockets=sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM/SIGINT, then drain: one process, or a supervisor of
+    ``settings.workers`` HTTP processes (and the engine process, with ``engine=shared``)."""
+    logs.setup(settings.log_level)
+    if settings.workers > 1:
+        raise SystemExit(supervisor.run(settings))
+    _run(create_app(settings), settings)
+
+
+def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None) -> None:
+    """One HTTP worker process on the supervisor's socket: a client of the engine process
+    (``engine=shared``) or its own in-process engine (``per_worker``)."""
+    logs.setup(settings.log_level)
+    engine = RemoteEngine(engine_address) if engine_address else None
+    _run(create_app(settings, engine), settings, [sock])

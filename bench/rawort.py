@@ -39,11 +39,11 @@ def session(model: str, config: dict, providers: list[str]):  # type: ignore[no-
 def feeds_for(sess, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     from app.contract import ModelSpec
     from app.padding import merge
-    from app.protocol import SequenceRequest
+    from app.sequences import Sequences
 
     spec = ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
     x = rng.standard_normal((batch, length, spec.input_size)).astype(np.float32)
-    return merge([SequenceRequest(x, np.full(batch, length, dtype=np.int32))], spec).feeds
+    return merge([Sequences(x, np.full(batch, length, dtype=np.int32))], spec).feeds
 
 
 def run_case(sess, feeds: dict, callers: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]

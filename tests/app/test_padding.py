@@ -10,7 +10,7 @@ import pytest
 
 from app import padding
 from app.config import Settings
-from app.protocol import SequenceRequest
+from app.sequences import Sequences
 from app.runtime import Runtime
 from tests.conftest import Reference
 
@@ -27,7 +27,7 @@ def test_merged_batch_equals_each_sequence_alone(model_repo: Path, reference: Re
     requests = []
     for n, t in [(2, 5), (1, 17), (3, 1), (1, 9)]:
         lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
-        requests.append(SequenceRequest(rng.standard_normal((n, t, spec.input_size)).astype(np.float32), lengths))
+        requests.append(Sequences(rng.standard_normal((n, t, spec.input_size)).astype(np.float32), lengths))
     merged = padding.merge(requests, spec)
     assert merged.feeds["input"].shape == (7, 17, spec.input_size)
     assert merged.valid_steps == sum(int(r.lengths.sum()) for r in requests)
@@ -53,8 +53,8 @@ def test_carried_state_and_fresh_rows_share_a_batch(model_repo: Path, reference:
     rng = np.random.default_rng(12)
     whole = rng.standard_normal((10, 3)).astype(np.float32)
     head = reference.run("uni", whole[:4])
-    fresh = SequenceRequest(rng.standard_normal((2, 6, 3)).astype(np.float32), np.array([6, 3], np.int32))
-    cont = SequenceRequest(whole[None, 4:], np.array([6], np.int32), head["final_h"], head["final_c"])
+    fresh = Sequences(rng.standard_normal((2, 6, 3)).astype(np.float32), np.array([6, 3], np.int32))
+    cont = Sequences(whole[None, 4:], np.array([6], np.int32), head["final_h"], head["final_c"])
     outputs = rt.run(padding.merge([fresh, cont], spec).feeds, list(spec.output_names))
     got_fresh, got_cont = padding.split(outputs, [fresh, cont], spec)
     np.testing.assert_allclose(got_cont["output"][0], reference.run("uni", whole)["output"][0], atol=1e-5)

@@ -1,0 +1,58 @@
+"""What the engine queues and batches: sequences and the job that carries them.
+
+The HTTP codec (``protocol``) decodes a request into these types and the engine never sees
+the codec's own request type, so an engine in another process needs only these fields to
+cross the boundary (``wire`` sends them as raw array bytes). ``padding`` merges the
+``Sequences`` of several jobs into one model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Sequences:
+    """``n`` sequences padded to one time length ``t``, with their valid lengths and, for
+    client-carried streaming, the LSTM state to start from."""
+
+    x: np.ndarray  # float32 [n, t, features]
+    lengths: np.ndarray  # int32 [n], 1 <= length <= t
+    initial_h: np.ndarray | None = None  # float32 [layers, n, hidden]
+    initial_c: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def t(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def steps(self) -> int:
+        """Valid time steps (the work really asked for)."""
+        return int(self.lengths.sum())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request as the engine sees it: which model version, its sequences, and the outputs
+    it wants back (a subset of the model's output names)."""
+
+    model: str
+    version: int
+    sequences: Sequences
+    outputs: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        """Sequences in the job: what it takes of a batch and of the queue."""
+        return self.sequences.n
+
+    @property
+    def length(self) -> int:
+        """Padded time steps: what batch selection matches on to cut padding."""
+        return self.sequences.t
