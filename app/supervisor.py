@@ -155,7 +155,6 @@ class Supervisor:
             for i, w in enumerate(self.workers):
                 if w.is_alive() or self.stop_signal is not None:
                     continue
-                log.error("HTTP worker %s died (exit code %s); starting another", w.pid, w.exitcode)
                 _mark_dead(w.pid)
                 now = time.monotonic()
                 self.deaths = [t for t in self.deaths if now - t < _CRASH_WINDOW_S] + [now]
@@ -163,6 +162,8 @@ class Supervisor:
                     log.error("%d worker deaths in %.0f s; giving up", len(self.deaths), _CRASH_WINDOW_S)
                     return 1
                 self.workers[i] = self._start_worker()
+                log.error("HTTP worker %s died (exit code %s); started another", w.pid, w.exitcode,
+                          extra={"dead": w.pid, "pid": self.workers[i].pid})
         log.info("received signal %s; draining", self.stop_signal)
         return 0
 

@@ -63,8 +63,16 @@ class ServerProcess:
         return self.proc.returncode
 
 
+TEST_WORKERS = "LSTM_SERVE_TEST_WORKERS"
+
+
 def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, **settings: object) -> ServerProcess:
-    """Start a server with ``LSTM_SERVE_<KEY>`` settings and wait until it reports ready."""
+    """Start a server with ``LSTM_SERVE_<KEY>`` settings and wait until it reports ready.
+
+    ``LSTM_SERVE_TEST_WORKERS`` in the caller's environment sets ``workers`` for servers that do
+    not choose it, so one suite runs against one process and against several."""
+    if "workers" not in settings and os.environ.get(TEST_WORKERS):
+        settings["workers"] = os.environ[TEST_WORKERS]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     env.update(
