@@ -47,11 +47,31 @@ def pid_cpu(pid: int, children: bool = True) -> float:
     return (utime + stime + ((cutime + cstime) if children else 0)) / TICK
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a multi-process server: supervisor, engine, workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process tree: every live member, plus the children it has reaped."""
+    return pid_cpu(pid, children=True) + sum(pid_cpu(p, children=False) for p in tree(pid)[1:])
+
+
 def own_cpu() -> float:
     s = resource.getrusage(resource.RUSAGE_SELF)
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-    return total + sum(pid_cpu(p) for p in list(_tracked))
+    return total + sum(tree_cpu(p) for p in list(_tracked))
 
 
 def memory(pid: int) -> dict[str, float]:

@@ -22,8 +22,8 @@ class Server(ServerProcess):
     """A benchmark server: a ServerProcess whose CPU and memory the bench reads from /proc."""
 
     def cpu_s(self) -> float:
-        """The server process and its children (utime+stime+cutime+cstime), seconds."""
-        return proc.pid_cpu(self.pid, children=True)
+        """The server's processes (supervisor, engine, workers, when several), seconds."""
+        return proc.tree_cpu(self.pid)
 
     def memory(self) -> dict[str, float]:
         return proc.memory(self.pid)

@@ -39,8 +39,11 @@ def effective_settings(overrides: dict) -> dict:
     """The server's settings for these overrides (defaults read from app.config)."""
     from app.config import Settings
 
-    out = {k: f.default for k, f in Settings.model_fields.items()}
+    settings = Settings(**overrides)
+    out = settings.model_dump()
     out.update(overrides)
+    out["intra_op_threads"] = settings.ort_threads
+    out["max_batches_in_flight"] = settings.batches_in_flight
     return out
 
 
