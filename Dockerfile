@@ -93,7 +93,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     LSTM_SERVE_MODEL_REPOSITORY=/models \
     LSTM_SERVE_HOST=0.0.0.0 \
-    LSTM_SERVE_PORT=8000
+    LSTM_SERVE_PORT=8000 \
+    LSTM_SERVE_WORKERS=2
 
 USER 10001:10001
 WORKDIR /tmp
@@ -104,5 +105,6 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=120s --retries=3 \
     CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LSTM_SERVE_PORT', '8000') + '/v2/health/live', timeout=2)"]
 
 # Exec form: the server is PID 1 and receives SIGTERM itself (then drains; see
-# LSTM_SERVE_DRAIN_TIMEOUT_S). Arguments after the image name become lstm-serve flags.
+# LSTM_SERVE_DRAIN_TIMEOUT_S). With LSTM_SERVE_WORKERS >= 2 PID 1 is the supervisor of the HTTP
+# workers and the engine process: it forwards the stop in order and reaps them. Arguments after the image name become lstm-serve flags.
 ENTRYPOINT ["/opt/venv/bin/lstm-serve"]
