@@ -6,7 +6,9 @@ Layouts, interleaved round by round on the same machine, model and load (wrk, v2
 * ``one process``: ``workers=1`` (the engine in-process; today's defaults);
 * ``shared engine``: ``workers=2`` (one engine process, two HTTP workers: global batching);
 * ``two copies``: ``workers=2, engine=per_worker`` (each worker its own sessions and batcher:
-  the floor ``uvicorn --workers 2`` gives, with no shared batches, model or state).
+  the floor ``uvicorn --workers 2`` gives, with no shared batches, model or state);
+* the shared engine with one batch in flight on two ONNX Runtime threads (larger batches, less
+  parallelism), to show which the default should be.
 
 Per layout: closed loop at 32 connections (throughput, p50/p99, machine busy, server CPU per
 request, mean batch), 128 connections (mean batch) and one connection (p50), against raw ONNX
@@ -35,6 +37,7 @@ LAYOUTS: dict[str, dict[str, object]] = {
     "one process": {"workers": 1},
     "shared engine": {"workers": 2},
     "two copies": {"workers": 2, "engine": "per_worker"},
+    "shared, 1 batch in flight x 2 threads": {"workers": 2, "max_batches_in_flight": 1, "intra_op_threads": 2},
 }
 
 
@@ -73,7 +76,7 @@ def raw_batch1(model: Path) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     from .__main__ import model_path
 
-    model = model_path("bench")
+    model = model_path(args.model)
     scratch = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     bodies = load.write_bodies(scratch, "fixed", "json", features=8)
     rounds = []
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
                 }
             finally:
                 srv.stop()
-        one, shared, copies = (row[n]["c32"] for n in LAYOUTS)
+        one, shared, copies = (row[n]["c32"] for n in ("one process", "shared engine", "two copies"))
         ratios = {
             "shared_vs_one": shared["req_s"] / one["req_s"],
             "shared_vs_copies": shared["req_s"] / copies["req_s"],
@@ -104,14 +107,14 @@ def run(args: argparse.Namespace) -> dict:
         }
         rounds.append({"round": r + 1, "raw_b1_p50_ms": raw, "layouts": row, "ratios": ratios})
         print(json.dumps(rounds[-1]["ratios"]), flush=True)
-    return {"command": "python -m bench.scaleout " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
+    return {"command": "python -m bench.scaleout " + " ".join(sys.argv[1:]), "cores": os.cpu_count(), "model": args.model,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "rounds": rounds}
 
 
 def report(res: dict) -> str:
     lines = [f"# Scale-out: one process, shared engine, two copies ({res['cores']} cores, same run)", "",
              f"`{res['command']}`, {res['started']}, {res['seconds']:.0f} s per 32-connection phase, "
-             "v2 JSON, one 50-step sequence per request (bench model 3x128, 8 features).", ""]
+             f"v2 JSON, one 50-step sequence per request (model `{res['model']}`: bench = 3x128, 8 features).", ""]
     for rnd in res["rounds"]:
         lines += [f"## Round {rnd['round']}", "",
                   "| layout | c=32 req/s | p50 ms | p99 ms | machine busy | server cores | CPU ms/req | mean batch c=32 | mean batch c=128 | c=1 p50 ms |",
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds at 32 connections")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--model", choices=("bench", "tiny"), default="bench", help="tiny: the smoke test's model")
     args = ap.parse_args()
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,21 @@ def test_quick_bench_writes_report(tmp_path: Path) -> None:
                     "cpu_efficiency", "peak_rss_mib", "others_cores"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]), (r["name"], key, r[key])
         assert r["errors"] == 0, r["name"]
+
+
+def test_scaleout_bench_reports_ratios_in_one_run(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    cmd = [sys.executable, "-m", "bench.scaleout", "--model", "tiny", "--seconds", "1", "--rounds", "1", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    data = json.loads((tmp_path / "scaleout.json").read_text())
+    (rnd,) = data["rounds"]
+    assert set(rnd["layouts"]) >= {"one process", "shared engine", "two copies"}
+    for layout in rnd["layouts"].values():
+        for phase in layout.values():
+            assert phase["errors"] == 0 and phase["req_s"] > 0 and math.isfinite(phase["server_cpu_ms_per_req"])
+    for key in ("shared_vs_one", "shared_vs_copies", "ipc_cpu_us_per_req_vs_copies", "ipc_added_latency_ms_lone"):
+        assert math.isfinite(rnd["ratios"][key]), key
+    assert "shared / one process" in (tmp_path / "scaleout.md").read_text()
