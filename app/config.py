@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     process used only 1.1 cores against 1.47, the event loop starved while two ORT calls held
     both cores. The queue fills while the one batch runs, so batches stay as large (16 vs 14-15)."""
 
+    sequence_idle_timeout_s: float = Field(60.0, gt=0.0)
+    """Server-kept streaming: a sequence with no chunk for this long (counted from the end of its
+    last chunk, never while one is queued or running) is evicted, and its id answers 409."""
+
+    max_live_sequences: int = Field(1024, ge=1)
+    """Server-kept streaming: most sequences whose state is kept at once (a few KB each); a new
+    sequence past it gets 503 with Retry-After."""
+
     max_sequence_length: int = Field(4096, ge=1)
     """Longest time axis accepted in a request (400 past it)."""
 

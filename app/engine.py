@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .model import ServedModel
 from .repository import Repository
 from .sequences import Job
+from .streams import Streams
 
 class Engine(ABC):
     """Models, admission and batched inference, wherever they run."""
@@ -81,12 +82,15 @@ class LocalEngine(Engine):
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.repository = Repository(settings, metrics)
+        self.streams = Streams(settings, metrics, lambda name, version: self._served(name, version).batcher)
         self._catalog: dict[str, dict[int, ModelInfo]] = {}
         self._closing = False
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.repository.load)
         self._publish()
+        self._sweeper = asyncio.create_task(self.streams.sweep(), name="evict-idle-sequences")
 
     def _publish(self) -> None:
         self._catalog = {
@@ -113,14 +117,25 @@ class LocalEngine(Engine):
         self._served(model.name, model.version).batcher.check_room(size)
 
     def enqueue(self, job: Job) -> asyncio.Future:
-        """Queue ``job`` without waiting: the engine process resolves many jobs by callback."""
+        """Queue ``job`` without waiting: the engine process resolves many jobs by callback.
+        A chunk of a server-kept sequence goes through ``streams``, which keeps its order."""
+        if job.stream is not None:
+            return self.streams.enqueue(job)
         return self._served(job.model, job.version).batcher.enqueue(job, job.size, job.length)
 
     def cancel(self, job: Job, future: asyncio.Future) -> None:
-        self._served(job.model, job.version).batcher.cancel(future)
+        if job.stream is not None:
+            self.streams.cancel(job, future)
+        else:
+            self._served(job.model, job.version).batcher.cancel(future)
 
     async def submit(self, job: Job) -> Completed[dict[str, Any]]:
-        return await self._served(job.model, job.version).batcher.submit(job, job.size, job.length)
+        future = self.enqueue(job)
+        try:
+            return await future
+        finally:
+            if not future.done() or future.cancelled():
+                self.cancel(job, future)
 
     async def control(self, op: str, **args: Any) -> Any:
         """Control calls that remote workers make over the link (off the inference path)."""
@@ -133,4 +148,8 @@ class LocalEngine(Engine):
     async def close(self, timeout_s: float) -> None:
         self._closing = True
         self._publish()
-        await self.repository.drain(timeout_s)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await self.streams.close(timeout_s)  # held chunks still enter the batchers
+        await self.repository.drain(max(0.0, deadline - asyncio.get_running_loop().time()))

@@ -29,7 +29,7 @@ from .config import Settings
 from .engine import LocalEngine
 from .errors import InferenceFailed, ServingError
 from .metrics import Metrics
-from .sequences import Job, Sequences
+from .sequences import Job, Sequences, StreamControl
 
 log = logging.getLogger("lstm_serve.engine")
 
@@ -80,7 +80,8 @@ class EngineServer:
 
     def _submit(self, link: wire.Link, h: dict[str, Any], payload: bytes) -> None:
         x, lengths, *state = wire.arrays(h, payload)
-        job = Job(h["m"], h["v"], Sequences(x, lengths, *state), tuple(h["o"]))
+        stream = StreamControl(*h["q"]) if "q" in h else None
+        job = Job(h["m"], h["v"], Sequences(x, lengths, *state), tuple(h["o"]), stream)
         try:
             fut = self.engine.enqueue(job)
         except ServingError as exc:

@@ -66,6 +66,22 @@ class ModelNotReady(Unavailable):
     pass
 
 
+class UnknownSequence(ServingError):
+    """A chunk for a sequence id that was never started."""
+
+    status = 404
+
+
+class SequenceEnded(ServingError):
+    """A chunk for a sequence that ended or was evicted: the client must start it again."""
+
+    status = 409
+
+
+class TooManySequences(Unavailable):
+    """``max_live_sequences`` are live: a new sequence waits for one to end or be evicted."""
+
+
 class EngineUnavailable(Unavailable):
     """The engine process is gone or not reachable; the supervisor restarts or stops the pod."""
 

@@ -76,7 +76,7 @@ async def infer(
     timeout = state.settings.request_timeout_s
     try:
         async with asyncio.timeout(timeout):
-            done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs))
+            done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
     except TimeoutError:
         raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000

@@ -56,6 +56,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{PREFIX}_queue_depth": ("gauge", ("model",)),
     f"{PREFIX}_inflight_requests": ("gauge", ()),
     f"{PREFIX}_model_info": ("gauge", ("model", "version", "provider")),
+    f"{PREFIX}_live_sequences": ("gauge", ("model",)),
+    f"{PREFIX}_sequences_evicted_total": ("counter", ("model",)),
     f"{PREFIX}_gpu_memory_used_bytes": ("gauge", ("gpu",)),
     f"{PREFIX}_gpu_utilization_ratio": ("gauge", ("gpu",)),
 }
@@ -140,10 +142,20 @@ class Metrics:
             f"{p}_model_info", "Loaded model versions and their execution provider.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )
+        self.live_sequences = Gauge(
+            f"{p}_live_sequences", "Sequences whose LSTM state the server keeps (server-kept streaming).",
+            ["model"], registry=r, multiprocess_mode="livesum",
+        )
+        self.sequences_evicted = Counter(
+            f"{p}_sequences_evicted", "Sequences evicted after sequence_idle_timeout_s without a chunk.",
+            ["model"], registry=r,
+        )
         self._gpu: Collector | None = None
 
     def for_model(self, name: str, version: str, provider: str) -> ModelMetrics:
         self.model_info.labels(name, version, provider).set(1)
+        self.live_sequences.labels(name)  # every model's series from the start, at 0
+        self.sequences_evicted.labels(name)
         return ModelMetrics(
             queue_duration=self.queue_duration.labels(name),
             inference_duration=self.inference_duration.labels(name),

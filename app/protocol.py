@@ -26,7 +26,7 @@ import orjson
 from . import contract
 from .contract import ModelSpec
 from .errors import InvalidInput
-from .sequences import Sequences
+from .sequences import Sequences, StreamControl
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -72,6 +72,7 @@ class InferRequest:
     sequences: Sequences
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str] = field(default_factory=frozenset)
+    stream: StreamControl | None = None
 
 
 def _parse_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
@@ -118,6 +119,9 @@ def _tensor(
     shape = _shape(entry.get("shape"), name)
     datatype = entry.get("datatype")
     if name not in spec.input_names:
+        if name in (contract.INITIAL_H, contract.INITIAL_C) and spec.bidirectional:
+            raise InvalidInput(f"input '{name}' is not accepted: this model is bidirectional, and a backward "
+                               "direction cannot carry state from one chunk to the next")
         raise InvalidInput(f"unknown input '{name}'; this model takes {list(spec.input_names)}")
     expected = EXPECTED_DATATYPE[name]
     if datatype != expected:
@@ -178,6 +182,9 @@ def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str,
     for out in raw:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in spec.output_names:
+            if name in (contract.FINAL_H, contract.FINAL_C) and spec.bidirectional:
+                raise InvalidInput(f"output '{name}' does not exist: this model is bidirectional, and its "
+                                   "state cannot be carried into another chunk")
             raise InvalidInput(f"unknown output {name!r}; this model has {list(spec.output_names)}")
         if name not in names:
             names.append(name)
@@ -212,7 +219,42 @@ def decode_request(
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise InvalidInput("'id' must be a string")
-    return InferRequest(req_id, _sequences(tensors, spec, limits), outputs, binary_outputs)
+    sequences = _sequences(tensors, spec, limits)
+    return InferRequest(req_id, sequences, outputs, binary_outputs, _stream(doc, spec, sequences))
+
+
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+
+
+def _stream(doc: dict[str, Any], spec: ModelSpec, sequences: Sequences) -> StreamControl | None:
+    """Server-kept state from the request's parameters (Triton's names), checked against the
+    request: one sequence per chunk, no client-carried state beside it, no bidirectional model."""
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or not any(k in params for k in SEQUENCE_PARAMETERS):
+        return None
+    seq_id = params.get("sequence_id", 0)
+    if isinstance(seq_id, bool) or not isinstance(seq_id, (int, str)):
+        raise InvalidInput(f"parameters.sequence_id must be a string or an integer, got {seq_id!r}")
+    flags = {}
+    for name in ("sequence_start", "sequence_end"):
+        value = params.get(name, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"parameters.{name} must be a JSON boolean, got {value!r}")
+        flags[name] = value
+    if seq_id == 0 or seq_id == "":
+        if any(flags.values()):
+            raise InvalidInput("parameters.sequence_start/sequence_end need a non-zero sequence_id")
+        return None
+    if spec.bidirectional:
+        raise InvalidInput("this model is bidirectional: a backward direction cannot carry state from one "
+                           "chunk to the next, so it takes no sequence_id (send the whole sequence)")
+    if sequences.initial_h is not None:
+        raise InvalidInput(f"a request with parameters.sequence_id carries no '{contract.INITIAL_H}'/"
+                           f"'{contract.INITIAL_C}': the server keeps the state of that sequence (use one or the other)")
+    if sequences.n != 1:
+        raise InvalidInput(f"a chunk of a server-kept sequence holds exactly one sequence: input "
+                           f"'{contract.INPUT}' must have shape [1, time, {spec.input_size}], got {list(sequences.x.shape)}")
+    return StreamControl(seq_id, flags["sequence_start"], flags["sequence_end"])
 
 
 def _sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) -> Sequences:

@@ -132,6 +132,8 @@ class RemoteEngine(Engine):
         if s.initial_h is not None and s.initial_c is not None:
             arrays += [s.initial_h, s.initial_c]
         header = {"t": wire.SUBMIT, "m": job.model, "v": job.version, "o": list(job.outputs)}
+        if job.stream is not None:
+            header["q"] = [job.stream.id, job.stream.start, job.stream.end]
         return await self._ask(header, arrays)
 
     async def call(self, op: str, **args: Any) -> Any:

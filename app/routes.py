@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from . import __version__, inference, protocol, schema
 from .catalog import ModelInfo
+from .config import Settings
 from .state import ServerState
 
 router = APIRouter()
@@ -49,11 +50,11 @@ async def server_metadata() -> Response:
     return _json({"name": "lstm-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
-def _metadata(model: ModelInfo, versions: list[int]) -> dict:
+def _metadata(model: ModelInfo, versions: list[int], settings: Settings) -> dict:
     spec = model.spec
     ins = spec.input_shapes()
     outs = spec.output_shapes()
-    return {
+    doc = {
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": "onnxruntime_onnx",
@@ -69,6 +70,13 @@ def _metadata(model: ModelInfo, versions: list[int]) -> dict:
             "optional_inputs": [n for n in spec.input_names if n != "input"],
         },
     }
+    if spec.stateful:  # server-kept streaming (README "Streaming"), Triton's parameter names
+        doc["parameters"]["sequence_batching"] = {
+            "parameters": ["sequence_id", "sequence_start", "sequence_end"],
+            "sequence_idle_timeout_s": settings.sequence_idle_timeout_s,
+            "max_live_sequences": settings.max_live_sequences,
+        }
+    return doc
 
 
 @router.get("/v2/models/{name}", tags=["model"], response_model=schema.ModelMetadata, responses=schema.ERRORS)
@@ -77,9 +85,9 @@ def _metadata(model: ModelInfo, versions: list[int]) -> dict:
 )
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     """Inputs, outputs, datatypes and shapes (-1 for dynamic axes), read from the artifact."""
-    engine = _state(request).engine
-    model = engine.model(name, version)
-    return _json(_metadata(model, sorted(engine.catalog()[name])))
+    state = _state(request)
+    model = state.engine.model(name, version)
+    return _json(_metadata(model, sorted(state.engine.catalog()[name]), state.settings))
 
 
 @router.get("/v2/models/{name}/ready", tags=["health"])

@@ -8,6 +8,7 @@ cross the boundary (``wire`` sends them as raw array bytes). ``padding`` merges 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +39,37 @@ class Sequences:
 
 
 @dataclass(frozen=True)
+class StreamControl:
+    """Server-kept state: which live sequence a chunk belongs to (Triton's ``sequence_id``,
+    ``sequence_start``, ``sequence_end`` request parameters).
+
+    ``5`` and ``"5"`` are different ids, as in Triton; ``0`` and ``""`` mean no sequence and
+    never get here."""
+
+    id: str | int
+    start: bool = False
+    end: bool = False
+
+    @property
+    def key(self) -> tuple[type, str | int]:
+        return (type(self.id), self.id)
+
+    @property
+    def shown(self) -> str:
+        """The id as the client sent it (a JSON string keeps its quotes), for error messages."""
+        return json.dumps(self.id)
+
+
+@dataclass(frozen=True)
 class Job:
-    """One request as the engine sees it: which model version, its sequences, and the outputs
-    it wants back (a subset of the model's output names)."""
+    """One request as the engine sees it: which model version, its sequences, the outputs it
+    wants back (a subset of the model's output names) and, for server-kept state, its stream."""
 
     model: str
     version: int
     sequences: Sequences
     outputs: tuple[str, ...]
+    stream: StreamControl | None = None
 
     @property
     def size(self) -> int:

@@ -97,7 +97,7 @@ def test_bad_requests_name_the_problem(raw: bytes, header: str | None, message: 
 
 def test_state_inputs_only_for_unidirectional_models() -> None:
     raw = body(inp([1.0] * 4, [1, 2, 2]), inp([0.0] * 4, [1, 1, 4], "initial_h"))
-    with pytest.raises(InvalidInput, match="unknown input 'initial_h'"):
+    with pytest.raises(InvalidInput, match="input 'initial_h' is not accepted: this model is bidirectional"):
         decode(raw, spec=BI)
 
 
