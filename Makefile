@@ -25,9 +25,16 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-installed
 	$(BIN)/lstm-serve
 
-## Run the whole test suite.
+# The server tests again against two HTTP workers and an engine process (the whole suite above
+# runs one process unless a test asks for more); modules without a server, or that already test
+# both layouts, are left out of this second pass.
+TWO_WORKERS_SKIP = test_batcher test_config test_padding test_protocol test_scheduling test_wire \
+                   test_shutdown test_streams test_supervisor
+
+## Run the whole test suite (then the server tests with --workers 2).
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	LSTM_SERVE_TEST_WORKERS=2 $(BIN)/python -m pytest -q tests/app $(foreach m,$(TWO_WORKERS_SKIP),--ignore=tests/app/$(m).py) $(PYTEST_ARGS)
 
 ## Run the benchmark (see bench/README.md).
 bench: $(VENV)/.test-installed

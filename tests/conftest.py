@@ -6,18 +6,20 @@ in real ONNX Runtime, and servers are real ``python -m app`` processes on 127.0.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from app.testing import ROOT, ServerProcess, free_port
 from app.testing import start_server as _start
 
-__all__ = ["ROOT", "Reference", "Server", "free_port", "start_server"]
+__all__ = ["ROOT", "Reference", "Server", "alive", "free_port", "start_server"]
 DEMO = ROOT / "models" / "demo"
 
 
@@ -26,6 +28,34 @@ class Server(ServerProcess):
 
     def metrics(self) -> str:
         return httpx.get(f"{self.url}/metrics", timeout=10).text
+
+    def log_lines(self) -> list[dict]:
+        """The server's JSON log lines (every process of it writes to the same log)."""
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    pass
+        return out
+
+    def processes(self) -> tuple[int, list[int]]:
+        """A multi-process server's engine pid and first workers' pids, from the supervisor's log."""
+        lines = self.log_lines()
+        engine = next(d["pid"] for d in lines if d.get("msg") == "engine started")
+        workers = next(d["workers"] for d in lines if d.get("msg") == "supervising")
+        return engine, workers
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 def start_server(repository: Path, log_dir: Path, **settings: object) -> Server:

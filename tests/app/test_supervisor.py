@@ -1,6 +1,6 @@
 """Several HTTP workers and one engine process, as a real multi-process server on 127.0.0.1:
 exact answers under concurrency, one view of the metrics, batches formed across workers, and
-the faults (SIGTERM, a worker killed, the engine killed)."""
+the faults (a worker killed, the engine killed; SIGTERM is in test_shutdown.py)."""
 
 from __future__ import annotations
 
@@ -17,42 +17,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 
-from tests.conftest import Reference, Server, start_server
+from tests.conftest import Reference, Server, alive, start_server
 
 TOL = 1e-5
-
-
-def log_lines(srv: Server) -> list[dict]:
-    out = []
-    for line in srv.log().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                pass
-    return out
-
-
-def processes(srv: Server) -> tuple[int, list[int]]:
-    """The engine's pid and the first workers' pids, from the supervisor's log."""
-    lines = log_lines(srv)
-    engine = next(d["pid"] for d in lines if d.get("msg") == "engine started")
-    workers = next(d["workers"] for d in lines if d.get("msg") == "supervising")
-    return engine, workers
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3] + " "
-    except FileNotFoundError:
-        return False
 
 
 def body(x: np.ndarray, lengths: np.ndarray | None = None) -> dict:
@@ -76,7 +45,7 @@ def two_workers(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_http_workers_never_load_onnxruntime(two_workers: Server) -> None:
-    engine, workers = processes(two_workers)
+    engine, workers = two_workers.processes()
     maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in (engine, *workers)}
     assert "onnxruntime" in maps[engine]
     for pid in workers:
@@ -117,7 +86,7 @@ def test_ragged_concurrent_requests_are_exact_and_counted_once(two_workers: Serv
         assert got - counter(before, "lstm_serve_requests_total", model=model, code="200") == sent
         seqs = counter(after, "lstm_serve_sequences_total", model=model) - counter(before, "lstm_serve_sequences_total", model=model)
         assert seqs == rows
-    served_by = Counter(d["pid"] for d in log_lines(two_workers) if d.get("logger") == "lstm_serve.access")
+    served_by = Counter(d["pid"] for d in two_workers.log_lines() if d.get("logger") == "lstm_serve.access")
     assert len(served_by) == 2, f"one worker served everything: {served_by}"
     assert "lstm_serve_queue_depth{model=\"uni\"} 0.0" in after
 
@@ -141,7 +110,7 @@ def test_batches_form_across_workers(model_repo: Path, tmp_path: Path) -> None:
             with concurrent.futures.ThreadPoolExecutor(n) as pool:
                 responses = list(pool.map(call, range(n)))
             assert all(r.status_code == 200 for r in responses)
-            pid_of = {d["request_id"]: d["pid"] for d in log_lines(srv) if d.get("logger") == "lstm_serve.access"}
+            pid_of = {d["request_id"]: d["pid"] for d in srv.log_lines() if d.get("logger") == "lstm_serve.access"}
             per_worker = Counter(pid_of[r.headers["x-request-id"]] for r in responses)
             if len(per_worker) == 2:
                 break
@@ -162,33 +131,10 @@ def _queue_requests(srv: Server, xs: list[np.ndarray]) -> tuple[concurrent.futur
     return pool, futures
 
 
-def test_sigterm_drains_every_process_and_loses_nothing(model_repo: Path, reference: Reference, tmp_path: Path) -> None:
-    srv = start_server(model_repo, tmp_path, workers=2, dispatch_when_idle="false", max_queue_delay_ms=1500,
-                       max_batch_size=64, drain_timeout_s=10)
-    engine, workers = processes(srv)
-    rng = np.random.default_rng(12)
-    xs = [rng.standard_normal((1, int(rng.integers(1, 30)), 3)).astype(np.float32) for _ in range(24)]
-    pool, futures = _queue_requests(srv, xs)
-    with pool:
-        t0 = time.monotonic()
-        code = srv.stop(timeout=30)
-        elapsed = time.monotonic() - t0
-        responses = [f.result() for f in futures]
-    assert code == 0, srv.log()[-3000:]
-    assert elapsed < 10 + 2
-    for x, resp in zip(xs, responses):
-        assert resp.status_code == 200, resp.text
-        got = np.asarray(resp.json()["outputs"][0]["data"], np.float32)
-        np.testing.assert_allclose(got, reference.run("uni", x[0])["output"][0], atol=TOL)
-    assert not any(alive(p) for p in (engine, *workers))
-    stopped = next(d for d in log_lines(srv) if d.get("msg") == "stopped")
-    assert set(stopped["exit_codes"].values()) == {0}, stopped
-
-
 def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Path, tmp_path: Path) -> None:
     srv = start_server(model_repo, tmp_path, workers=2)
     try:
-        _, workers = processes(srv)
+        _, workers = srv.processes()
         x = np.ones((1, 6, 3), np.float32)
         results: list[tuple[float, int]] = []
         stop = threading.Event()
@@ -214,7 +160,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
             except httpx.TransportError:
                 ready = 0
             saw_unready |= ready != 200
-            if replaced is None and any(d.get("dead") == workers[0] for d in log_lines(srv)):
+            if replaced is None and any(d.get("dead") == workers[0] for d in srv.log_lines()):
                 replaced = time.monotonic() - killed
             if replaced is not None and ready == 200:
                 break
@@ -236,7 +182,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
 def test_a_killed_engine_answers_every_waiting_request_and_stops_the_server(model_repo: Path, tmp_path: Path) -> None:
     srv = start_server(model_repo, tmp_path, workers=2, dispatch_when_idle="false", max_queue_delay_ms=5000,
                        max_batch_size=64)
-    engine, workers = processes(srv)
+    engine, workers = srv.processes()
     xs = [np.ones((1, 4, 3), np.float32)] * 16
     pool, futures = _queue_requests(srv, xs)
     with pool:
