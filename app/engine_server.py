@@ -41,6 +41,7 @@ class EngineServer:
         self.workers: dict[wire.Link, dict[int, tuple[Job, asyncio.Future]]] = {}
         self.draining = False
         self._ready_sent: bool | None = None
+        self._calls: set[asyncio.Task] = set()  # control calls running (a task needs a reference)
 
     def link(self) -> wire.Link:
         return wire.Link(self._on_message, self._on_lost)
@@ -76,7 +77,9 @@ class EngineServer:
             link.send(wire.frame({"t": wire.STATUS, "ready": self.ready}))
             self._status_changed()
         elif kind == wire.CALL:
-            asyncio.get_running_loop().create_task(self._call(link, h))
+            task = asyncio.get_running_loop().create_task(self._call(link, h))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
     def _submit(self, link: wire.Link, h: dict[str, Any], payload: bytes) -> None:
         x, lengths, *state = wire.arrays(h, payload)
@@ -92,9 +95,10 @@ class EngineServer:
 
     def _done(self, link: wire.Link, i: int, job: Job, fut: asyncio.Future) -> None:
         pending = self.workers.get(link)
-        if pending is None or fut.cancelled():
+        if pending is not None:
+            pending.pop(i, None)
+        if pending is None or fut.cancelled():  # the worker is gone, or gave up on this job
             return
-        pending.pop(i, None)
         exc = fut.exception()
         if exc is not None:
             link.send(wire.frame(self._error(i, exc, job)))
