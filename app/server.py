@@ -4,14 +4,14 @@
 ``supervisor`` (several HTTP workers, each entering through ``serve_worker``).
 
 Start-up order: the engine loads every model and warms it up off the event loop (or, in a
-worker, connects to the engine process), and only then is the server ready. Shutdown on SIGTERM: readiness turns false at once and new inference is refused with
-503, while every request already accepted is answered; uvicorn stops accepting connections,
-waits for open requests up to the drain timeout, then the batchers drain and the process exits.
+worker, connects to the engine process), and only then is the server ready. Shutdown on
+SIGTERM: readiness turns false at once and new inference is refused with 503, while every
+request already accepted is answered; uvicorn stops accepting connections, waits for open
+requests up to the drain timeout, then the engine drains and the process exits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator

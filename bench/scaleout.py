@@ -130,7 +130,7 @@ def report(res: dict) -> str:
                   f"two copies / one process: {r['copies_vs_one']:.2f}x",
                   f"IPC cost: {r['ipc_cpu_us_per_req_vs_copies']:.0f} CPU-us per request against two copies at c=32; "
                   f"{r['ipc_cpu_us_per_req_lone_vs_one']:.0f} CPU-us and {r['ipc_added_latency_ms_lone']:.2f} ms p50 for a lone client against one process",
-                  f"lone-client p50 minus raw batch-1 p50 (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in r["lone_p50_minus_raw_b1_ms"].items()), ""]
+                  "lone-client p50 minus raw batch-1 p50 (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in r["lone_p50_minus_raw_b1_ms"].items()), ""]
     keys = ("shared_vs_one", "shared_vs_copies")
     lines.append("Across rounds: " + ", ".join(
         f"{k} {statistics.mean(x['ratios'][k] for x in res['rounds']):.2f} "
