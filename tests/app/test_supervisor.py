@@ -153,13 +153,12 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
         time.sleep(0.5)
         killed = time.monotonic()
         os.kill(workers[0], signal.SIGKILL)
-        saw_unready, replaced = False, None
+        replaced = None
         while time.monotonic() - killed < 8:
             try:
                 ready = httpx.get(f"{srv.url}/v2/health/ready", timeout=2).status_code
             except httpx.TransportError:
                 ready = 0
-            saw_unready |= ready != 200
             if replaced is None and any(d.get("dead") == workers[0] for d in srv.log_lines()):
                 replaced = time.monotonic() - killed
             if replaced is not None and ready == 200:
@@ -174,7 +173,10 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
         srv.stop()
     assert replaced is not None and replaced < 5, f"worker not replaced in 5 s ({replaced})"
     assert back < 5, f"not ready again within 5 s of the kill ({back:.1f} s)"
-    assert saw_unready, "readiness stayed true while a worker was missing"
+    # Readiness was false while a worker was missing (too briefly for a probe to be sure to see
+    # it: the engine's log says so), then true again with both.
+    readiness = [(d["ready"], d["workers"]) for d in srv.log_lines() if d.get("msg") == "engine readiness"]
+    assert readiness[:4] == [(False, 1), (True, 2), (False, 1), (True, 2)], readiness  # start, kill, back
     after = [code for t, code in results if t > killed + 0.1]
     assert after.count(200) > 20 and set(after) <= {200, 0, 503}, Counter(after)
 
