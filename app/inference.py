@@ -21,11 +21,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import protocol
+from . import compression, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .state import ServerState
 
+# The request headers inference reads (the fast path copies only these out of the scope).
+REQUEST_HEADERS = ("content-length", protocol.HEADER_LENGTH, "content-encoding")
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
@@ -60,7 +62,7 @@ async def infer(
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Run one inference request; returns (body, response headers). Raises ServingError.
 
-    ``headers`` holds the request's ``content-length`` and ``inference-header-content-length``;
+    ``headers`` holds the request's :data:`REQUEST_HEADERS` that were sent;
     ``info`` (the ASGI scope's state) receives what the access log and metrics report.
     """
     if state.draining:
@@ -68,8 +70,10 @@ async def infer(
     model = state.repository.get(name, version)
     info["model"] = model.name
     info["version"] = model.version
-    body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
+    limit = state.settings.max_request_bytes
+    body = await read_body(receive, headers.get("content-length"), limit)
     model.batcher.check_room()
+    body = compression.decode_body(body, headers.get("content-encoding"), limit)
     req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
     timeout = state.settings.request_timeout_s
     try:
@@ -109,7 +113,7 @@ class InferenceFastPath:
             return
         wanted = {}
         for key, value in scope["headers"]:
-            if key == b"content-length" or key == b"inference-header-content-length":
+            if key == b"content-length" or key == b"inference-header-content-length" or key == b"content-encoding":
                 wanted[key.decode()] = value.decode("latin-1")
         info = scope.setdefault("state", {})
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from .contract import ModelSpec
 from .metrics import Metrics
 from .protocol import SequenceRequest
 from .runtime import Runtime
+from .stats import ModelStats
 
 log = logging.getLogger("lstm_serve.model")
 
@@ -31,6 +32,7 @@ class Job:
 
     sequences: SequenceRequest
     outputs: tuple[str, ...]
+    arrival_ns: int = field(default_factory=time.perf_counter_ns)  # for stats: its queue time
 
 
 class ServedModel:
@@ -52,6 +54,7 @@ class ServedModel:
             metrics=self._metrics,
         )
         self.ready = False
+        self.stats = ModelStats()
 
     @property
     def provider(self) -> str:
@@ -59,16 +62,27 @@ class ServedModel:
 
     def run_batch(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
         """Pad, run and split one batch (on a worker thread)."""
+        started_ns = time.perf_counter_ns()
         seqs = [j.sequences for j in jobs]
         merged = padding.merge(seqs, self.spec)
         wanted = [n for n in self.spec.output_names if any(n in j.outputs for j in jobs)]
         start = time.perf_counter()
-        outputs = self.runtime.run(merged.feeds, wanted)
+        infer_ns = time.perf_counter_ns()
+        try:
+            outputs = self.runtime.run(merged.feeds, wanted)
+        except Exception:
+            self.stats.record_failed_execution([j.arrival_ns for j in jobs])
+            raise
+        infer_end_ns = time.perf_counter_ns()
         self._metrics.inference_duration.observe(time.perf_counter() - start)
         self._metrics.padding_ratio.observe(merged.padding_ratio)
         self._metrics.sequences.inc(merged.sequences)
         per_request = padding.split(outputs, seqs, self.spec)
-        return [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
+        results = [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
+        self.stats.record_execution(
+            [j.arrival_ns for j in jobs], [s.n for s in seqs], started_ns, infer_ns, infer_end_ns, time.perf_counter_ns()
+        )
+        return results
 
     async def infer(self, sequences: SequenceRequest, outputs: tuple[str, ...]) -> Completed[dict[str, np.ndarray]]:
         return await self.batcher.submit(Job(sequences, outputs), sequences.n, sequences.t)

@@ -17,8 +17,9 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 
-from . import __version__, logs
+from . import __version__, docs, extensions, logs, startup
 from .config import Settings
 from .errors import install_handlers
 from .inference import InferenceFastPath
@@ -37,17 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.repository.load)
+        if not state.repository.models:  # `serve` loads before the lifespan, to fail cleanly
+            await asyncio.to_thread(state.repository.load)
         if any(m.provider == CUDA for m in state.repository.all()):
             state.metrics.enable_gpu()
-        log.info(
-            "ready",
-            extra={
-                "models": {n: sorted(v) for n, v in state.repository.models.items()},
-                "providers": sorted({m.provider for m in state.repository.all()}),
-                "repository": str(state.repository.root),
-            },
-        )
         yield
         state.draining = True
         await state.repository.drain(settings.drain_timeout_s)
@@ -58,13 +52,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="KServe v2 / Open Inference Protocol server for stacked LSTMs.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by `docs`
+        redoc_url=None,
     )
     app.state.server = state
     install_handlers(app)
+    app.include_router(extensions.router)  # first: /v2/models/stats is not a model's metadata
     app.include_router(router)
+    docs.install(app)
     # Starlette makes the last added the outermost: the observer sees every request, the fast
-    # path answers inference requests before FastAPI's router.
+    # path answers inference requests before FastAPI's router, gzip compresses either's answer.
     app.add_middleware(InferenceFastPath, state=state)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
     return app
 
@@ -75,6 +74,24 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self._state = state
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Load first, outside the ASGI lifespan, so that a repository or model that cannot be
+        # served raises out of `serve` (one line from `startup.run`) instead of being logged
+        # as a traceback by uvicorn; "ready" only once uvicorn listens.
+        await asyncio.to_thread(self._state.repository.load)
+        await super().startup(sockets)
+        if self.started:
+            repo = self._state.repository
+            log.info(
+                "ready",
+                extra={
+                    "models": {n: sorted(v) for n, v in repo.models.items()},
+                    "providers": sorted({m.provider for m in repo.all()}),
+                    "repository": str(repo.root),
+                    "listen": f"{self.config.host}:{self.config.port}",
+                },
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
@@ -91,6 +108,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings) -> None:
     """Run one server process until SIGTERM/SIGINT, then drain."""
     logs.setup(settings.log_level)
+    sock = startup.bind(settings.host, settings.port)  # a taken port fails before models load
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -104,4 +122,4 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
     )
-    _Server(config, app.state.server).run()
+    _Server(config, app.state.server).run(sockets=[sock])
