@@ -209,23 +209,24 @@ def _tensor(
     data = entry["data"]
     if not isinstance(data, list):
         data = [data]  # a lone number; its count is checked against the shape below
-    if not _only(data, _NUMBER_TYPES if dtype.kind == "f" else _INT_TYPES):
+    try:
+        raw = np.asarray(data)  # numpy finds the values' type: strings and nulls show in raw.dtype
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{name}': 'data' is not a {expected} array: {exc}") from None
+    allowed = "fiu" if dtype.kind == "f" else "iu"
+    # A JSON boolean among numbers becomes 0.0 or 1.0 in ``raw``; only then is it worth
+    # looking at every value's type (one C-level pass per innermost list).
+    suspect = raw.size and (raw.dtype.kind not in allowed or ((raw == 0) | (raw == 1)).any())
+    if suspect and not (raw.dtype.kind in allowed and _only(data, _NUMBER_TYPES if dtype.kind == "f" else _INT_TYPES)):
         kind = "JSON numbers" if dtype.kind == "f" else "JSON integers"
         raise InvalidInput(
             f"input '{name}': 'data' is not a {expected} array: it must hold only {kind} "
             "(no strings, booleans or nulls)"
         )
-    try:
-        if dtype.kind == "f":
-            with np.errstate(over="ignore"):  # out-of-range values become inf, refused below
-                arr = np.asarray(data, dtype=dtype)
-        else:
-            arr = np.asarray(data)
-            if arr.size and arr.dtype.kind not in "iu":
-                raise ValueError(f"expected integers, got {arr.dtype.name} values")
-            arr = arr.astype(dtype)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"input '{name}': 'data' is not a {expected} array: {exc}") from None
+    if dtype.kind != "f" and raw.size and (raw.min() < np.iinfo(dtype).min or raw.max() > np.iinfo(dtype).max):
+        raise InvalidInput(f"input '{name}': 'data' holds values outside the {expected} range")
+    with np.errstate(over="ignore"):  # out-of-range floats become inf, refused later
+        arr = raw.astype(dtype, copy=False)
     if arr.size != count:
         raise InvalidInput(
             f"input '{name}': 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
