@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 # torch is pinned to the CPU build that lies on these machines' disk; an unpinned torch pulls
 # a multi-GB CUDA build. Install it before the `export` extra so that extra adds nothing.
+# Elsewhere, take PyTorch's CPU wheel index (the tests need no GPU), e.g.
+#   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# `make serve` never installs torch.
 TORCH  ?= torch==2.13.0
 
 .PHONY: serve test bench lint clean

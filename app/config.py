@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LSTM_SERVE_"
+# The repository shipped with the project (the demo model), found from this file rather than
+# the working directory, so a bare `lstm-serve` works from anywhere in a checkout.
+SHIPPED_REPOSITORY = Path(__file__).resolve().parents[1] / "models"
 
 
 class Settings(BaseSettings):
@@ -23,10 +26,10 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="ignore", frozen=True, use_attribute_docstrings=True
     )
 
-    model_repository: Path = Path("models")
+    model_repository: Path = Field(None, validate_default=True)  # type: ignore[assignment]
     """Model repository: ``<repository>/<model>/<version>/model.onnx``. Relative paths are
-    resolved against the working directory; the default is the repository shipped with the
-    project (the demo model)."""
+    resolved against the working directory. Unset (``None``), it is the ``models/`` directory
+    shipped beside the ``app`` package (the demo model), whatever the working directory."""
 
     model_versions: dict[str, list[int]] = Field(default_factory=dict)
     """Versions to load per model, e.g. ``{"demo": [1, 2]}`` (JSON in the environment).
@@ -127,6 +130,15 @@ class Settings(BaseSettings):
 
     access_log: bool = True
     """Write one structured JSON line per inference request."""
+
+    gzip_min_bytes: int = Field(1024, ge=0)
+    """Answers at least this long are gzip-compressed for clients that send
+    ``Accept-Encoding: gzip``; shorter ones cost more CPU to compress than they save."""
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _default_repository(cls, value: object) -> object:
+        return SHIPPED_REPOSITORY if value is None else value
 
     @property
     def shared_engine(self) -> bool:

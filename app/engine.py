@@ -57,6 +57,10 @@ class Engine(ABC):
     async def submit(self, job: Job) -> Completed[dict[str, Any]]:
         """Queue ``job`` and wait for its outputs; cancelling the wait takes it off the queue."""
 
+    @abstractmethod
+    async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:
+        """Triton's statistics of these versions (``stats``), counted where their batches run."""
+
     def model(self, name: str, version: str | None = None) -> ModelInfo:
         """The version a request addresses: the latest loaded one unless ``version`` is given."""
         catalog = self.catalog()
@@ -137,8 +141,13 @@ class LocalEngine(Engine):
             if not future.done() or future.cancelled():
                 self.cancel(job, future)
 
+    async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:
+        return [self._served(m.name, m.version).stats.to_triton(m.name, str(m.version)) for m in models]
+
     async def control(self, op: str, **args: Any) -> Any:
         """Control calls that remote workers make over the link (off the inference path)."""
+        if op == "stats":
+            return await self.stats([self.catalog()[name][version] for name, version in args["models"]])
         raise InvalidInput(f"unknown engine operation {op!r}")
 
     def queued(self, name: str, version: int) -> int:

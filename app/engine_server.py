@@ -23,7 +23,7 @@ from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import logs, wire
+from . import logs, startup, wire
 from .catalog import catalog_to_wire
 from .config import Settings
 from .engine import LocalEngine
@@ -145,8 +145,9 @@ async def _main(settings: Settings, address: str, conn: Connection) -> int:
     engine = LocalEngine(settings, metrics)
     try:
         await engine.start()
-    except Exception as exc:
-        conn.send(("error", str(exc)))
+    except Exception as exc:  # the supervisor says it in one line (``startup``) and exits 1
+        known = startup.message(exc)
+        conn.send(("error", known[0] if known else f"{type(exc).__name__}: {exc}"))
         return 1
     server = EngineServer(engine, settings)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -41,6 +41,19 @@ class PayloadTooLarge(ServingError):
     status = 413
 
 
+class UnsupportedEncoding(ServingError):
+    """A request body in a ``Content-Encoding`` the server cannot decode (only gzip, deflate)."""
+
+    status = 415
+
+
+class NotSupported(ServingError):
+    """A KServe/Triton protocol extension this server does not implement; the message names it,
+    so a client learns why instead of reading a bare 404."""
+
+    status = 501
+
+
 class ModelNotFound(ServingError):
     status = 404
 
@@ -165,9 +178,14 @@ def install_handlers(app: FastAPI) -> None:
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return error_response(400, "invalid request: " + "; ".join(parts))
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no route: say which, and where to look
+            message = f"no endpoint {request.url.path}; the API is described at /docs and /openapi.json"
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message, dict(exc.headers or {}))
 
     app.add_exception_handler(ServingError, protocol_error)
     app.add_exception_handler(ContractError, protocol_error)

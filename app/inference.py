@@ -21,12 +21,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import protocol
+from . import compression, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .sequences import Job
 from .state import ServerState
 
+# The request headers inference reads (the fast path copies only these out of the scope).
+REQUEST_HEADERS = ("content-length", protocol.HEADER_LENGTH, "content-encoding")
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
@@ -61,7 +63,7 @@ async def infer(
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Run one inference request; returns (body, response headers). Raises ServingError.
 
-    ``headers`` holds the request's ``content-length`` and ``inference-header-content-length``;
+    ``headers`` holds the request's :data:`REQUEST_HEADERS` that were sent;
     ``info`` (the ASGI scope's state) receives what the access log and metrics report.
     """
     if state.draining:
@@ -70,8 +72,10 @@ async def infer(
     model = engine.model(name, version)
     info["model"] = model.name
     info["version"] = model.version
-    body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
+    limit = state.settings.max_request_bytes
+    body = await read_body(receive, headers.get("content-length"), limit)
     engine.admit(model)
+    body = compression.decode_body(body, headers.get("content-encoding"), limit)
     req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
     timeout = state.settings.request_timeout_s
     try:
@@ -111,7 +115,7 @@ class InferenceFastPath:
             return
         wanted = {}
         for key, value in scope["headers"]:
-            if key == b"content-length" or key == b"inference-header-content-length":
+            if key == b"content-length" or key == b"inference-header-content-length" or key == b"content-encoding":
                 wanted[key.decode()] = value.decode("latin-1")
         info = scope.setdefault("state", {})
         try:

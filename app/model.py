@@ -21,6 +21,7 @@ from .contract import ModelSpec
 from .metrics import Metrics
 from .runtime import Runtime
 from .sequences import Job, Sequences
+from .stats import ModelStats
 
 log = logging.getLogger("lstm_serve.model")
 
@@ -44,6 +45,7 @@ class ServedModel:
             metrics=self._metrics,
         )
         self.ready = False
+        self.stats = ModelStats()
 
     @property
     def provider(self) -> str:
@@ -51,16 +53,27 @@ class ServedModel:
 
     def run_batch(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
         """Pad, run and split one batch (on a worker thread)."""
+        started_ns = time.perf_counter_ns()
         seqs = [j.sequences for j in jobs]
         merged = padding.merge(seqs, self.spec)
         wanted = [n for n in self.spec.output_names if any(n in j.outputs for j in jobs)]
         start = time.perf_counter()
-        outputs = self.runtime.run(merged.feeds, wanted)
+        infer_ns = time.perf_counter_ns()
+        try:
+            outputs = self.runtime.run(merged.feeds, wanted)
+        except Exception:
+            self.stats.record_failed_execution([j.arrival_ns for j in jobs])
+            raise
+        infer_end_ns = time.perf_counter_ns()
         self._metrics.inference_duration.observe(time.perf_counter() - start)
         self._metrics.padding_ratio.observe(merged.padding_ratio)
         self._metrics.sequences.inc(merged.sequences)
         per_request = padding.split(outputs, seqs, self.spec)
-        return [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
+        results = [{n: r[n] for n in j.outputs} for j, r in zip(jobs, per_request)]
+        self.stats.record_execution(
+            [j.arrival_ns for j in jobs], [s.n for s in seqs], started_ns, infer_ns, infer_end_ns, time.perf_counter_ns()
+        )
+        return results
 
     def info(self, ready: bool) -> ModelInfo:
         return ModelInfo(self.name, self.version, self.spec, self.provider, ready)

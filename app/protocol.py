@@ -11,7 +11,11 @@ is followed by the raw little-endian bytes of each tensor that declares
 ``parameters.binary_data_size``, in input order; the request header
 ``Inference-Header-Content-Length`` gives the JSON header's length. Outputs are returned the
 same way when asked for with ``parameters.binary_data`` on a requested output or
-``binary_data_output`` on the request.
+``binary_data_output`` on the request; as in Triton, the output's own setting wins.
+
+Strict where a lenient decoder would guess: flags must be JSON booleans, ``data`` JSON numbers
+(integers for INT32), ``parameters`` objects, and an input gives exactly one of ``data`` and
+``parameters.binary_data_size``; anything else is refused with a message naming the field.
 """
 
 from __future__ import annotations
@@ -101,6 +105,36 @@ def _parse_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     return doc, binary
 
 
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` member: absent or an object."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    """A boolean parameter: absent (None) or a JSON boolean, never a string or a number."""
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInput(f"{where}: parameters.{key} must be a JSON boolean (true or false), got {value!r}")
+    return value
+
+
+_NUMBER_TYPES = frozenset({float, int})
+_INT_TYPES = frozenset({int})
+
+
+def _only(data: list[Any], allowed: frozenset[type]) -> bool:
+    """Whether nested lists hold only values of the ``allowed`` types (``bool`` is not ``int``
+    here: ``type(True) is bool``). One C-level pass per innermost list."""
+    types = set(map(type, data))
+    if types <= allowed:
+        return True
+    return types == {list} and all(_only(d, allowed) for d in data)
+
+
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
@@ -128,10 +162,12 @@ def _tensor(
         raise InvalidInput(f"input '{name}' has datatype {datatype!r}; the model expects {expected}")
     dtype = V2_DTYPES[expected]
     count = math.prod(shape)
-    params = entry.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput(f"input '{name}': 'parameters' must be an object")
+    params = _parameters(entry.get("parameters"), f"input '{name}'")
     size = params.get("binary_data_size")
+    if size is not None and "data" in entry:
+        raise InvalidInput(
+            f"input '{name}' has both 'data' and parameters.binary_data_size; give exactly one"
+        )
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
@@ -150,17 +186,26 @@ def _tensor(
     if "data" not in entry:
         raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
     data = entry["data"]
+    if not isinstance(data, list):
+        data = [data]  # a lone number; its count is checked against the shape below
     try:
-        if dtype.kind == "f":
-            with np.errstate(over="ignore"):  # out-of-range values become inf, refused below
-                arr = np.asarray(data, dtype=dtype)
-        else:
-            arr = np.asarray(data)
-            if arr.size and arr.dtype.kind not in "iu":
-                raise ValueError(f"expected integers, got {arr.dtype.name} values")
-            arr = arr.astype(dtype)
+        raw = np.asarray(data)  # numpy finds the values' type: strings and nulls show in raw.dtype
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"input '{name}': 'data' is not a {expected} array: {exc}") from None
+    allowed = "fiu" if dtype.kind == "f" else "iu"
+    # A JSON boolean among numbers becomes 0.0 or 1.0 in ``raw``; only then is it worth
+    # looking at every value's type (one C-level pass per innermost list).
+    suspect = raw.size and (raw.dtype.kind not in allowed or ((raw == 0) | (raw == 1)).any())
+    if suspect and not (raw.dtype.kind in allowed and _only(data, _NUMBER_TYPES if dtype.kind == "f" else _INT_TYPES)):
+        kind = "JSON numbers" if dtype.kind == "f" else "JSON integers"
+        raise InvalidInput(
+            f"input '{name}': 'data' is not a {expected} array: it must hold only {kind} "
+            "(no strings, booleans or nulls)"
+        )
+    if dtype.kind != "f" and raw.size and (raw.min() < np.iinfo(dtype).min or raw.max() > np.iinfo(dtype).max):
+        raise InvalidInput(f"input '{name}': 'data' holds values outside the {expected} range")
+    with np.errstate(over="ignore"):  # out-of-range floats become inf, refused later
+        arr = raw.astype(dtype, copy=False)
     if arr.size != count:
         raise InvalidInput(
             f"input '{name}': 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
@@ -169,8 +214,8 @@ def _tensor(
 
 
 def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str, ...], frozenset[str]]:
-    params = doc.get("parameters") or {}
-    all_binary = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    params = _parameters(doc.get("parameters"), "request")
+    all_binary = bool(_flag(params, "binary_data_output", "request"))
     raw = doc.get("outputs")
     if raw is None:
         names = spec.output_names
@@ -188,8 +233,8 @@ def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str,
             raise InvalidInput(f"unknown output {name!r}; this model has {list(spec.output_names)}")
         if name not in names:
             names.append(name)
-        p = out.get("parameters") or {}
-        if all_binary or (isinstance(p, dict) and p.get("binary_data")):
+        own = _flag(_parameters(out.get("parameters"), f"output '{name}'"), "binary_data", f"output '{name}'")
+        if own if own is not None else all_binary:  # the output's own setting wins
             binary.add(name)
     return tuple(names), frozenset(binary)
 

@@ -136,6 +136,9 @@ class RemoteEngine(Engine):
             header["q"] = [job.stream.id, job.stream.start, job.stream.end]
         return await self._ask(header, arrays)
 
+    async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:
+        return await self.call("stats", models=[[m.name, m.version] for m in models])
+
     async def call(self, op: str, **args: Any) -> Any:
         """A control call (statistics, and later load/unload), answered by the engine's loop."""
         return await self._ask({"t": wire.CALL, "op": op, "args": args})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from . import __version__, inference, protocol, schema
 from .catalog import ModelInfo
@@ -32,22 +32,28 @@ def _json(doc: object, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
 
 
-@router.get(LIVE, tags=["health"])
+@router.get(LIVE, tags=["health"], response_model=schema.Live)
+@router.head(LIVE, tags=["health"], response_model=schema.Live)
 async def live() -> Response:
     """The process is up (never touches a model: a liveness probe must stay cheap)."""
     return _json({"live": True})
 
 
-@router.get(READY, tags=["health"])
+@router.get(READY, tags=["health"], response_model=schema.Ready, responses={503: {"model": schema.Ready, "description": "Loading, warming up or draining."}})
+@router.head(READY, tags=["health"], response_model=schema.Ready, responses={503: {"description": "Loading, warming up or draining."}})
 async def ready(request: Request) -> Response:
     """Every model is loaded and warmed up, and the server is not draining."""
     ok = _state(request).ready
     return _json({"ready": ok}, 200 if ok else 503)
 
 
-@router.get("/v2", tags=["server"])
+# Triton's names of the protocol extensions served (see ``extensions``).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+
+
+@router.get("/v2", tags=["server"], response_model=schema.ServerMetadata)
 async def server_metadata() -> Response:
-    return _json({"name": "lstm-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
+    return _json({"name": "lstm-serve", "version": __version__, "extensions": EXTENSIONS})
 
 
 def _metadata(model: ModelInfo, versions: list[int], settings: Settings) -> dict:
@@ -79,10 +85,18 @@ def _metadata(model: ModelInfo, versions: list[int], settings: Settings) -> dict
     return doc
 
 
-@router.get("/v2/models/{name}", tags=["model"], response_model=schema.ModelMetadata, responses=schema.ERRORS)
-@router.get(
-    "/v2/models/{name}/versions/{version}", tags=["model"], response_model=schema.ModelMetadata, responses=schema.ERRORS
-)
+_META = {"tags": ["model"], "response_model": schema.ModelMetadata, "responses": schema.responses(404, 503)}
+
+
+# The unversioned paths have functions of their own so that the OpenAPI document does not list
+# a `version` query parameter the server would ignore.
+@router.get("/v2/models/{name}", **_META)
+async def model_metadata_latest(request: Request, name: str) -> Response:
+    """Inputs, outputs, datatypes and shapes (-1 for dynamic axes) of the latest loaded version."""
+    return await model_metadata(request, name)
+
+
+@router.get("/v2/models/{name}/versions/{version}", **_META)
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     """Inputs, outputs, datatypes and shapes (-1 for dynamic axes), read from the artifact."""
     state = _state(request)
@@ -90,8 +104,20 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     return _json(_metadata(model, sorted(state.engine.catalog()[name]), state.settings))
 
 
-@router.get("/v2/models/{name}/ready", tags=["health"])
-@router.get("/v2/models/{name}/versions/{version}/ready", tags=["health"])
+_MODEL_READY = {"tags": ["health"], "response_model": schema.ModelReady, "responses": {
+    404: {"model": schema.Error, "description": "Unknown model or version."},
+    503: {"model": schema.ModelReady, "description": "Not loaded yet, or the server is draining."},
+}}
+
+
+@router.get("/v2/models/{name}/ready", **_MODEL_READY)
+@router.head("/v2/models/{name}/ready", **_MODEL_READY)
+async def model_ready_latest(request: Request, name: str) -> Response:
+    return await model_ready(request, name)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", **_MODEL_READY)
+@router.head("/v2/models/{name}/versions/{version}/ready", **_MODEL_READY)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     state = _state(request)
     model = state.engine.model(name, version)
@@ -100,10 +126,15 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 
 
 _INFER = {"tags": ["inference"], "response_model": schema.InferenceResponse, "responses": schema.ERRORS,
-          "openapi_extra": schema.INFER_OPENAPI}
+          "openapi_extra": schema.INFER_OPENAPI, "summary": "Infer", "description": schema.INFER_DESCRIPTION}
 
 
 @router.post("/v2/models/{name}/infer", **_INFER)
+async def infer_latest(request: Request, name: str) -> Response:
+    """The latest loaded version (see :func:`infer`)."""
+    return await infer(request, name)
+
+
 @router.post("/v2/models/{name}/versions/{version}/infer", **_INFER)
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run sequences through the model; JSON or binary tensors in, the same way out.
@@ -114,7 +145,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     Served by ``inference.InferenceFastPath`` ahead of this router; this route documents the
     endpoint and answers in-process callers with the same code.
     """
-    headers = {k: v for k, v in request.headers.items() if k in ("content-length", protocol.HEADER_LENGTH)}
+    headers = {k: v for k, v in request.headers.items() if k in inference.REQUEST_HEADERS}
     body, out = await inference.infer(
         _state(request), name, version, request.receive, headers, request.scope.setdefault("state", {})
     )
@@ -123,6 +154,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     return response
 
 
-@router.get(METRICS, tags=["metrics"])
+@router.get(METRICS, tags=["metrics"], response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

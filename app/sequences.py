@@ -9,7 +9,8 @@ cross the boundary (``wire`` sends them as raw array bytes). ``padding`` merges 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +71,9 @@ class Job:
     sequences: Sequences
     outputs: tuple[str, ...]
     stream: StreamControl | None = None
+    # When the job reached this process (an engine process builds its own Job), for Triton's
+    # statistics: its queue time; not sent over the wire.
+    arrival_ns: int = field(default_factory=time.perf_counter_ns, compare=False)
 
     @property
     def size(self) -> int:

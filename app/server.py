@@ -3,11 +3,13 @@
 ``serve`` runs one process (``workers=1``: the engine in-process) or hands over to
 ``supervisor`` (several HTTP workers, each entering through ``serve_worker``).
 
-Start-up order: the engine loads every model and warms it up off the event loop (or, in a
-worker, connects to the engine process), and only then is the server ready. Shutdown on
-SIGTERM: readiness turns false at once and new inference is refused with 503, while every
-request already accepted is answered; uvicorn stops accepting connections, waits for open
-requests up to the drain timeout, then the engine drains and the process exits.
+Start-up order: the port is bound first (a taken port fails in a second), then the engine
+loads every model and warms it up off the event loop (or, in a worker, connects to the engine
+process), outside the ASGI lifespan so that a failure raises out of ``serve`` as one line
+(``startup``); "ready" is logged once uvicorn listens. Shutdown on SIGTERM: readiness turns
+false at once and new inference is refused with 503, while every request already accepted is
+answered; uvicorn stops accepting connections, waits for open requests up to the drain
+timeout, then the engine drains and the process exits.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 
-from . import __version__, logs, supervisor
+from . import __version__, docs, extensions, logs, startup, supervisor
 from .config import Settings
 from .engine import Engine, LocalEngine
 from .errors import install_handlers
@@ -37,25 +40,17 @@ log = logging.getLogger("lstm_serve.server")
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, metrics: Metrics | None = None) -> FastAPI:
-    """Build the ASGI app; the engine starts when the app starts (lifespan), not here.
-    Without an ``engine``, models are served in this process."""
+    """Build the ASGI app; the engine starts before the app serves (``serve``, or the lifespan
+    for in-process use), not here. Without an ``engine``, models are served in this process."""
     settings = settings or Settings()
     metrics = metrics or Metrics(settings.max_batch_size)
     state = ServerState.create(settings, engine or LocalEngine(settings, metrics), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await state.engine.start()
+        await state.start_engine()
         if CUDA in state.engine.providers():
             state.metrics.enable_gpu()
-        log.info(
-            "ready",
-            extra={
-                "models": {n: sorted(v) for n, v in state.engine.catalog().items()},
-                "providers": sorted(state.engine.providers()),
-                "repository": str(settings.model_repository.resolve()),
-            },
-        )
         yield
         state.draining = True
         await state.engine.close(settings.drain_timeout_s)
@@ -66,23 +61,47 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
         version=__version__,
         description="KServe v2 / Open Inference Protocol server for stacked LSTMs.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by `docs`
+        redoc_url=None,
     )
     app.state.server = state
     install_handlers(app)
+    app.include_router(extensions.router)  # first: /v2/models/stats is not a model's metadata
     app.include_router(router)
+    docs.install(app)
     # Starlette makes the last added the outermost: the observer sees every request, the fast
-    # path answers inference requests before FastAPI's router.
+    # path answers inference requests before FastAPI's router, gzip compresses either's answer.
     app.add_middleware(InferenceFastPath, state=state)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
     return app
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, plus readiness turning false the moment SIGTERM arrives."""
+    """uvicorn, plus the engine started before it listens and readiness turning false the
+    moment SIGTERM arrives."""
 
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self._state = state
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Start the engine first, outside the ASGI lifespan, so that a repository or model that
+        # cannot be served raises out of `serve` (one line from `startup.run`) instead of being
+        # logged as a traceback by uvicorn; "ready" only once uvicorn listens.
+        await self._state.start_engine()
+        await super().startup(sockets)
+        if self.started:
+            engine = self._state.engine
+            log.info(
+                "ready",
+                extra={
+                    "models": {n: sorted(v) for n, v in engine.catalog().items()},
+                    "providers": sorted(engine.providers()),
+                    "repository": str(self._state.settings.model_repository.resolve()),
+                    "listen": f"{self.config.host}:{self.config.port}",
+                },
+            )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
@@ -96,7 +115,7 @@ class _Server(uvicorn.Server):
             getattr(self, "_captured_signals", []).clear()
 
 
-def _run(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -109,16 +128,17 @@ def _run(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None =
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
     )
-    _Server(config, app.state.server).run(sockets=sockets)
+    _Server(config, app.state.server).run(sockets=[sock])
 
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, then drain: one process, or a supervisor of
     ``settings.workers`` HTTP processes (and the engine process, with ``engine=shared``)."""
     logs.setup(settings.log_level)
+    sock = startup.bind(settings.host, settings.port)  # a taken port fails before models load
     if settings.workers > 1:
-        raise SystemExit(supervisor.run(settings))
-    _run(create_app(settings), settings)
+        raise SystemExit(supervisor.run(settings, sock))
+    _run(create_app(settings), settings, sock)
 
 
 def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None) -> None:
@@ -126,4 +146,4 @@ def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | 
     (``engine=shared``) or its own in-process engine (``per_worker``)."""
     logs.setup(settings.log_level)
     engine = RemoteEngine(engine_address) if engine_address else None
-    _run(create_app(settings, engine), settings, [sock])
+    _run(create_app(settings, engine), settings, sock)

@@ -17,6 +17,14 @@ class ServerState:
     engine: Engine
     limits: Limits
     draining: bool = False
+    started: bool = False
+
+    async def start_engine(self) -> None:
+        """Start the engine once (``serve`` starts it before listening; in-process users of
+        ``create_app`` get it from the lifespan)."""
+        if not self.started:
+            await self.engine.start()
+            self.started = True
 
     @property
     def ready(self) -> bool:

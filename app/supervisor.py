@@ -41,6 +41,7 @@ from types import FrameType
 
 from .config import Settings
 from .metrics import MULTIPROC_ENV
+from .startup import StartupError
 
 log = logging.getLogger("lstm_serve.supervisor")
 
@@ -67,18 +68,6 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-
-
-def bind(settings: Settings) -> socket.socket:
-    """The listening socket every worker accepts on (one accept queue: a busy worker simply
-    accepts less, unlike SO_REUSEPORT's fixed hash per connection)."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _engine_main(settings: Settings, address: str, conn: object, parent: int) -> None:
@@ -129,11 +118,11 @@ class Supervisor:
                 if kind == "ready":
                     log.info("engine started", extra={"pid": self.engine.pid, **detail})
                     return True
-                log.error("engine could not start: %s", detail)
-                return False
+                self._stop_all()
+                raise StartupError(detail)
             if self.engine.sentinel in ready:
-                log.error("engine process exited with code %s while loading models", self.engine.exitcode)
-                return False
+                self._stop_all()
+                raise StartupError(f"the engine process exited with code {self.engine.exitcode} while loading models")
         return False
 
     def _start_worker(self) -> BaseProcess:
@@ -217,13 +206,10 @@ def _mark_dead(pid: int | None) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-def run(settings: Settings) -> int:
-    """Serve with ``settings.workers`` HTTP processes until SIGTERM/SIGINT; the exit status."""
-    try:
-        sock = bind(settings)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
-        return 1
+def run(settings: Settings, sock: socket.socket) -> int:
+    """Serve with ``settings.workers`` HTTP processes on ``sock`` until SIGTERM/SIGINT; the
+    exit status. An engine that cannot load its models raises ``StartupError`` (one line)."""
+    sock.listen(2048)  # one accept queue for every worker: a busy worker simply accepts less
     run_dir = Path(tempfile.mkdtemp(prefix="lstm-serve-"))
     metrics_dir = run_dir / "metrics"
     metrics_dir.mkdir()

@@ -7,9 +7,14 @@ import numpy as np
 import orjson
 import pytest
 
+import httpx
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
 from app.contract import ModelSpec
 from app.errors import InvalidInput
 from app.protocol import Limits, decode_request, encode_response
+from tests.conftest import Reference, Server
 
 SPEC = ModelSpec("many_to_one", input_size=2, hidden_size=4, num_layers=3, output_size=1)
 BI = ModelSpec("many_to_many", input_size=2, hidden_size=4, num_layers=1, output_size=1, bidirectional=True)
@@ -70,7 +75,7 @@ def test_binary_tensors_follow_the_json_header() -> None:
         (body(inp([1.0] * 5, [1, 2, 2])), None, "has 5 elements"),
         (body(inp(["a"] * 4, [1, 2, 2])), None, "not a FP32 array"),
         (body(inp([[1.0, 2.0], [3.0]], [1, 1, 3])), None, "not a FP32 array"),
-        (body(inp([None, 1.0, 1.0, 1.0], [1, 2, 2])), None, "NaN or infinite"),
+        (body(inp([None, 1.0, 1.0, 1.0], [1, 2, 2])), None, "only JSON numbers"),  # null is not a number
         (body(inp([1e39, 1.0, 1.0, 1.0], [1, 2, 2])), None, "NaN or infinite"),
         (body(inp([], [0, 2, 2])), None, "empty"),
         (body(inp([1.0] * 22, [1, 11, 2])), None, "at most 10"),
@@ -78,7 +83,7 @@ def test_binary_tensors_follow_the_json_header() -> None:
         (body(inp([1.0] * 4, [1, 2, -2])), None, "non-negative integers"),
         (body(inp([1.0] * 4, [1, 2, 2]), inp([3], [1], "sequence_lens", "INT32")), None, "between 1 and the time length 2"),
         (body(inp([1.0] * 4, [1, 2, 2]), inp([0], [1], "sequence_lens", "INT32")), None, "between 1"),
-        (body(inp([1.0] * 4, [1, 2, 2]), inp([1.5], [1], "sequence_lens", "INT32")), None, "expected integers"),
+        (body(inp([1.0] * 4, [1, 2, 2]), inp([1.5], [1], "sequence_lens", "INT32")), None, "only JSON integers"),
         (body(inp([1.0] * 4, [1, 2, 2]), inp([1, 1], [2], "sequence_lens", "INT32")), None, "shape [1]"),
         (body(inp([1.0] * 4, [1, 2, 2]), inp([0.0] * 12, [3, 1, 4], "initial_h")), None, "given together"),
         (body(inp([1.0] * 4, [1, 2, 2]), inp([0.0] * 4, [1, 1, 4], "initial_h"), inp([0.0] * 4, [1, 1, 4], "initial_c")), None, "must have shape [3, 1, 4]"),
@@ -87,12 +92,46 @@ def test_binary_tensors_follow_the_json_header() -> None:
         (body(inp([1.0] * 4, [1, 2, 2])), "abc", "must be an integer"),
         (body(inp([1.0] * 4, [1, 2, 2])), "999999", "outside the body"),
         (body(inp([1.0] * 4, [1, 2, 2]), id=5), None, "'id' must be a string"),
+        # strict: JSON booleans, JSON numbers, parameters objects, one of data / binary_data_size
+        (body(inp([True, 1.0, 1.0, 1.0], [1, 2, 2])), None, "input 'input': 'data' is not a FP32 array: it must hold only JSON numbers"),
+        (body(inp([[1.0, 2.0], ["3", 4.0]], [1, 2, 2])), None, "only JSON numbers"),
+        (body(inp([1.0] * 4, [1, 2, 2]), inp([True], [1], "sequence_lens", "INT32")), None, "only JSON integers"),
+        (body({**inp([1.0] * 4, [1, 2, 2]), "parameters": [1]}), None, "input 'input': 'parameters' must be a JSON object"),
+        (body(inp([1.0] * 4, [1, 2, 2]), parameters="binary"), None, "request: 'parameters' must be a JSON object"),
+        (body(inp([1.0] * 4, [1, 2, 2]), parameters={"binary_data_output": "yes"}), None,
+         "request: parameters.binary_data_output must be a JSON boolean (true or false), got 'yes'"),
+        (body(inp([1.0] * 4, [1, 2, 2]), parameters={"binary_data_output": 1}), None, "must be a JSON boolean"),
+        (body(inp([1.0] * 4, [1, 2, 2]), outputs=[{"name": "output", "parameters": {"binary_data": "yes"}}]), None,
+         "output 'output': parameters.binary_data must be a JSON boolean"),
+        (body(inp([1.0] * 4, [1, 2, 2]), outputs=[{"name": "output", "parameters": []}]), None,
+         "output 'output': 'parameters' must be a JSON object"),
     ],
 )
 def test_bad_requests_name_the_problem(raw: bytes, header: str | None, message: str) -> None:
     with pytest.raises(InvalidInput) as err:
         decode(raw, header=header)
     assert message in err.value.message
+
+
+def test_an_input_gives_exactly_one_of_data_and_binary_data_size() -> None:
+    x = np.ones((1, 2, 2), np.float32)
+    header = orjson.dumps({"inputs": [{**inp(x.ravel().tolist(), [1, 2, 2]), "parameters": {"binary_data_size": 16}}]})
+    with pytest.raises(InvalidInput, match="input 'input' has both 'data' and parameters.binary_data_size"):
+        decode(header + x.tobytes(), header=str(len(header)))
+    with pytest.raises(InvalidInput, match="neither 'data' nor parameters.binary_data_size"):
+        decode(body({"name": "input", "datatype": "FP32", "shape": [1, 2, 2]}))
+
+
+def test_the_outputs_own_binary_data_wins_over_the_request_level_flag() -> None:
+    x = inp([1.0] * 4, [1, 2, 2])
+    outputs = [{"name": "output", "parameters": {"binary_data": False}}, {"name": "final_h"},
+               {"name": "final_c", "parameters": {"binary_data": True}}]
+    req = decode(body(x, outputs=outputs, parameters={"binary_data_output": True}))
+    assert req.binary_outputs == {"final_h", "final_c"}
+    req = decode(body(x, outputs=outputs, parameters={"binary_data_output": False}))
+    assert req.binary_outputs == {"final_c"}
+    req = decode(body(x, parameters={"binary_data_output": True}))  # no outputs named: all, binary
+    assert req.binary_outputs == {"output", "final_h", "final_c"}
 
 
 def test_state_inputs_only_for_unidirectional_models() -> None:
@@ -127,3 +166,60 @@ def test_encode_json_and_binary_round_trip() -> None:
     entry = doc["outputs"][1]
     assert entry["parameters"]["binary_data_size"] == 3 * 2 * 4 * 4 and "data" not in entry
     np.testing.assert_array_equal(np.frombuffer(raw[hlen:], np.float32).reshape(3, 2, 4), out["final_h"])
+
+
+# -- the same rules over real HTTP, with the real client --------------------------------------
+
+def test_tritonclient_per_output_binary_data_wins_over_binary_data_output(server: Server, reference: Reference) -> None:
+    """tritonclient reserves binary_data_output for itself (it sets it when no output is named),
+    so its request body is built by the client and the flag added as another client would."""
+    x = np.random.default_rng(5).standard_normal((2, 4, 3)).astype(np.float32)
+    inp_ = triton.InferInput("input", list(x.shape), "FP32")
+    inp_.set_data_from_numpy(x)
+    outputs = [triton.InferRequestedOutput("output", binary_data=False), triton.InferRequestedOutput("final_h")]
+    raw, json_size = triton.InferenceServerClient.generate_request_body([inp_], outputs=outputs)
+    header = orjson.loads(raw[:json_size])
+    header["parameters"] = {"binary_data_output": True}
+    new_header = orjson.dumps(header)
+    resp = httpx.post(f"{server.url}/v2/models/uni/infer", content=new_header + raw[json_size:],
+                      headers={"inference-header-content-length": str(len(new_header))})
+    assert resp.status_code == 200, resp.text
+    hlen = int(resp.headers["inference-header-content-length"])
+    entries = {o["name"]: o for o in orjson.loads(resp.content[:hlen])["outputs"]}
+    assert "data" in entries["output"] and "parameters" not in entries["output"]  # its own false won
+    assert entries["final_h"]["parameters"]["binary_data_size"] == 2 * 2 * 16 * 4
+    result = triton.InferenceServerClient.parse_response_body(resp.content, header_length=hlen)
+    want = [reference.run("uni", s) for s in x]
+    np.testing.assert_allclose(result.as_numpy("output"), np.stack([w["output"][0] for w in want]), atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("final_h"), np.concatenate([w["final_h"] for w in want], axis=1), atol=1e-5)
+
+
+def test_tritonclient_sees_the_400_naming_the_field(server: Server) -> None:
+    x = np.ones((1, 2, 3), np.float32)
+    bad = triton.InferInput("input", list(x.shape), "FP32")
+    bad.set_data_from_numpy(x, binary_data=False)
+    bad._parameters["binary_data_size"] = x.nbytes  # a hand-built request giving both forms
+    with pytest.raises(InferenceServerException, match="has both 'data' and parameters.binary_data_size") as err:
+        triton.InferenceServerClient(server.hostport).infer("uni", [bad])
+    assert err.value.status() == "400"
+
+
+X = [1.0] * 6
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"inputs": [inp([True, *X[1:]], [1, 2, 3])]}, "only JSON numbers"),
+        ({"inputs": [inp(["1.5", *X[1:]], [1, 2, 3])]}, "only JSON numbers"),
+        ({"inputs": [{**inp(X, [1, 2, 3]), "parameters": "x"}]}, "'parameters' must be a JSON object"),
+        ({"inputs": [inp(X, [1, 2, 3])], "parameters": [True]}, "request: 'parameters' must be a JSON object"),
+        ({"inputs": [inp(X, [1, 2, 3])], "parameters": {"binary_data_output": "yes"}}, "binary_data_output must be a JSON boolean"),
+        ({"inputs": [inp(X, [1, 2, 3])], "outputs": [{"name": "output", "parameters": {"binary_data": "yes"}}]},
+         "binary_data must be a JSON boolean"),
+        ({"inputs": [{**inp(X, [1, 2, 3]), "parameters": {"binary_data_size": 24}}]}, "has both 'data' and"),
+    ],
+)
+def test_strict_protocol_over_http(server: Server, doc: dict, message: str) -> None:
+    resp = httpx.post(f"{server.url}/v2/models/uni/infer", json=doc)
+    assert resp.status_code == 400 and message in resp.json()["error"], resp.text

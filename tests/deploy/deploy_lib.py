@@ -31,6 +31,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
 CPU, GPU = OVERLAYS
 KSERVE = "kserve"
+BASE = "base"  # built-in kinds only: applies on a plain cluster
+MONITORED = "examples/monitoring"  # the cpu overlay plus the optional k8s/monitoring component
 
 # Metric names documented for the server (the lead's fixed list). Used only by the tests that run
 # before app.metrics exists; the drift tests proper use app.metrics.exposed_metric_names().

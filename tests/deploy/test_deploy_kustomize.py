@@ -12,16 +12,23 @@ import copy
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from .crd_schemas import (
     INFERENCE_SERVICE_COMPONENT_FIELDS,
     INFERENCE_SERVICE_FRAMEWORK_FIELDS,
     SCHEMAS,
 )
-from .deploy_lib import CPU, KSERVE, OVERLAYS, render
+from .deploy_lib import BASE, CPU, K8S, KSERVE, MONITORED, OVERLAYS, render
 
 K8S_VERSIONS = sorted({"1.29.0", kubernetes_validate.latest_version()})
-RENDERED = (*OVERLAYS, KSERVE)
+RENDERED = (BASE, *OVERLAYS, MONITORED, KSERVE)
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def _builtin(obj: dict) -> bool:
+    group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+    return "." not in group or group.endswith(".k8s.io")
 
 
 def _validate_builtin(obj: dict, version: str) -> None:
@@ -40,14 +47,35 @@ def test_renders(directory: str) -> None:
     assert len(names) == len(set(names)), f"duplicate objects in k8s/{directory}: {names}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_contains_the_whole_stack(overlay: str) -> None:
-    kinds = {o["kind"] for o in render(overlay)}
-    assert {
-        "Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceMonitor", "PrometheusRule",
-    } <= kinds
+@pytest.mark.parametrize("directory", (BASE, *OVERLAYS))
+def test_base_and_overlays_apply_on_a_plain_cluster(directory: str) -> None:
+    """No custom resources: `kubectl apply -k` works without the Prometheus Operator's CRDs."""
+    objects = render(directory)
+    custom = [(o["apiVersion"], o["kind"]) for o in objects if not _builtin(o)]
+    assert not custom, f"k8s/{directory} needs CRDs a plain cluster lacks: {custom}"
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
     assert "InferenceService" not in kinds, "the KServe variant is opt-in (k8s/kserve), not in the overlays"
+
+
+def test_the_monitoring_component_adds_the_operator_objects() -> None:
+    plain = {(o["kind"], o["metadata"]["name"]) for o in render(CPU)}
+    monitored = {(o["kind"], o["metadata"]["name"]) for o in render(MONITORED)}
+    assert {k for k, _ in monitored - plain} == OPERATOR_KINDS | {"ConfigMap"}  # + the Grafana dashboard
+    assert plain <= monitored
+
+
+@pytest.mark.parametrize("directory", (*OVERLAYS, KSERVE))
+def test_the_image_reference_is_one_setting(directory: str) -> None:
+    """The image is named once, in the directory's own `images:` (none in the base), and the
+    rendered pod uses exactly it."""
+    images = yaml.safe_load((K8S / directory / "kustomization.yaml").read_text())["images"]
+    assert len(images) == 1 and images[0]["name"] == "lstm-serve"
+    assert "images" not in yaml.safe_load((K8S / BASE / "kustomization.yaml").read_text())
+    want = f"{images[0]['newName']}:{images[0]['newTag']}"
+    pods = [o["spec"]["template"]["spec"] if o["kind"] == "Deployment" else o["spec"]["predictor"]
+            for o in render(directory) if o["kind"] in ("Deployment", "InferenceService")]
+    assert [c["image"] for p in pods for c in p["containers"]] == [want]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -59,7 +87,7 @@ def test_builtin_objects_validate_strict(directory: str, version: str) -> None:
             continue  # custom resources: test_custom_resources_match_crd_structure
         _validate_builtin(obj, version)
         checked += 1
-    if directory in OVERLAYS:
+    if directory in (BASE, *OVERLAYS):
         assert checked >= 5
 
 
@@ -75,7 +103,7 @@ def test_strict_validation_catches_a_misplaced_field() -> None:
 def test_custom_resources_match_crd_structure(directory: str) -> None:
     for obj in render(directory):
         key = (obj["apiVersion"], obj["kind"])
-        if "." not in obj["apiVersion"].split("/")[0] or obj["apiVersion"].split("/")[0].endswith(".k8s.io"):
+        if _builtin(obj):
             continue  # built-in API group
         assert key in SCHEMAS, (
             f"{obj['kind']} ({obj['apiVersion']}) is a custom resource without a schema in "

@@ -18,6 +18,7 @@ from .deploy_lib import (
     GPU,
     DOCUMENTED_PROBE_PATHS,
     KSERVE,
+    MONITORED,
     OVERLAYS,
     adapter_rules,
     alert_rule_groups,
@@ -78,7 +79,7 @@ def test_port_names_agree(overlay: str) -> None:
     (cport,) = container["ports"]
     service = one(objects, "Service")
     (sport,) = service["spec"]["ports"]
-    monitor = one(objects, "ServiceMonitor")
+    monitor = one(render(MONITORED), "ServiceMonitor")  # the optional component's
     (endpoint,) = monitor["spec"]["endpoints"]
     assert cport["name"] == sport["name"] == endpoint["port"] == "http"
     assert sport["targetPort"] in ("http", cport["containerPort"])

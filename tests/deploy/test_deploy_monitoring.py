@@ -11,8 +11,8 @@ import yaml
 from . import sync_monitoring
 from .deploy_lib import (
     DOCUMENTED_METRIC_NAMES,
+    MONITORED,
     MONITORING,
-    OVERLAYS,
     alert_rule_groups,
     dashboard,
     dashboard_queries,
@@ -74,9 +74,8 @@ def test_prometheus_rule_matches_the_plain_rules_file() -> None:
     assert generated == sync_monitoring.render(), "run `python tests/deploy/sync_monitoring.py`"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlays_ship_the_rules_and_the_dashboard(overlay: str) -> None:
-    objects = render(overlay)
+def test_the_monitoring_component_ships_the_rules_and_the_dashboard() -> None:
+    objects = render(MONITORED)
     rule = one(objects, "PrometheusRule")
     assert rule["spec"]["groups"] == alert_rule_groups()
     dash_cm = one(objects, "ConfigMap", "lstm-serve-dashboard")
