@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import protocol
+from . import names, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .state import ServerState
@@ -65,6 +65,7 @@ async def infer(
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
+    names.check(name, version)  # issue 15: the guard checked the raw path; in-process callers too
     model = state.repository.get(name, version)
     info["model"] = model.name
     info["version"] = model.version

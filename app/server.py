@@ -18,9 +18,11 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from . import __version__, logs
+from . import __version__, auth, logs
+from .connections import uvicorn_options
 from .config import Settings
 from .errors import install_handlers
+from .guard import RequestGuard
 from .inference import InferenceFastPath
 from .middleware import RequestObserver
 from .routes import router
@@ -33,6 +35,7 @@ log = logging.getLogger("lstm_serve.server")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; models load when it starts (lifespan), not here."""
     settings = settings or Settings()
+    token = auth.load_token(settings)  # before loading models: a bad token setting fails fast
     state = ServerState.create(settings)
 
     @asynccontextmanager
@@ -65,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Starlette makes the last added the outermost: the observer sees every request, the fast
     # path answers inference requests before FastAPI's router.
     app.add_middleware(InferenceFastPath, state=state)
+    # issue 15: token, name/version rules and the body deadline, before any endpoint
+    app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
     return app
 
@@ -97,11 +102,11 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
         lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
+        **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/connections.py)
     )
     _Server(config, app.state.server).run()
