@@ -72,7 +72,8 @@ class RequestGuard:
         try:
             if self.auth is not None and protects(scope["path"]):
                 self.auth.check(scope["headers"])
-            names.from_raw_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+            if names.from_raw_path(scope.get("raw_path") or scope["path"].encode("utf-8")) and scope["query_string"]:
+                names.check_query(scope["query_string"])
         except ServingError as exc:
             err = render(exc)
             scope.setdefault("state", {})["error"] = err.message  # for the access log line

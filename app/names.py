@@ -18,7 +18,7 @@ naming the rule, for every endpoint under ``/v2/models/`` and ``/v2/repository/m
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from .errors import InvalidInput
 
@@ -75,6 +75,15 @@ def from_raw_path(raw_path: bytes) -> tuple[str, str | None] | None:
                 check_version(version)
             return name, version
     return None
+
+
+def check_query(query_string: bytes) -> None:
+    """Check every ``version`` query parameter (FastAPI reads one on the routes without a
+    ``/versions/{v}`` segment), decoded the way Starlette decodes it."""
+    if b"version" in query_string:
+        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if key == "version":
+                check_version(value)
 
 
 def _text(segment: bytes) -> str:

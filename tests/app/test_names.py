@@ -120,3 +120,10 @@ def test_good_names_still_reach_their_model(server: Server) -> None:
     assert resp.status == 404 and "unknown model" in json.loads(resp.body)["error"]
     resp = exchange(server.hostport, request_bytes("GET", b"/v2/models/demo/versions/7"))
     assert resp.status == 404
+
+
+def test_a_version_in_the_query_follows_the_rule_too(server: Server) -> None:
+    for target in (b"/v2/models/demo?version=%C2%B2", b"/v2/models/demo/ready?version=01", b"/v2/models/demo?a=1&version=%00"):
+        resp = exchange(server.hostport, request_bytes("GET", target))
+        assert resp.status == 400 and "versions are ASCII" in json.loads(resp.body)["error"], (target, resp)
+    assert exchange(server.hostport, request_bytes("GET", b"/v2/models/demo?version=1")).status == 200
