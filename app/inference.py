@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import names, protocol
+from . import decoding, names, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .state import ServerState
@@ -71,7 +71,8 @@ async def infer(
     info["version"] = model.version
     body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
     model.batcher.check_room()
-    req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
+    # issue 15: large JSON bodies are parsed in slices, the event loop free between them
+    req = await decoding.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
     timeout = state.settings.request_timeout_s
     try:
         async with asyncio.timeout(timeout):
