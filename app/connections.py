@@ -92,10 +92,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _headers_timed_out(self) -> None:
         self._header_timer = None
-        if not self.transport.is_closing():
-            message = f"request headers not complete within body_timeout_s={self.header_timeout_s:g}"
-            self.transport.write(_raw_response(b"408 Request Timeout", message))
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined request behind one still being answered: never write into that answer
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+            return
+        message = f"request headers not complete within body_timeout_s={self.header_timeout_s:g}"
+        self.transport.write(_raw_response(b"408 Request Timeout", message))
+        self.transport.close()
 
 
 def protocol_class(max_connections: int, header_timeout_s: float) -> type[GuardedHttpProtocol]:

@@ -19,8 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from . import __version__, auth, logs
-from .connections import uvicorn_options
 from .config import Settings
+from .connections import uvicorn_options
 from .errors import install_handlers
 from .guard import RequestGuard
 from .inference import InferenceFastPath

@@ -20,7 +20,7 @@ LIMITS = Limits(max_batch_size=64, max_sequence_length=1_000_000)
 
 
 @pytest.fixture(scope="module")
-def spec(reference) -> ModelSpec:  # noqa: ANN001
+def spec(reference) -> ModelSpec:
     return reference.spec("demo")
 
 
@@ -32,7 +32,7 @@ def body(shape: list[int], data: object, **extra: object) -> bytes:
 def both(raw: bytes, spec: ModelSpec, limits: Limits = LIMITS) -> tuple[object, object]:
     """(sliced result, one-piece result): each the decoded input array or the error message."""
 
-    def run(f):  # noqa: ANN001, ANN202
+    def run(f):
         try:
             out = f()
             return out.sequences.x if not asyncio.iscoroutine(out) else asyncio.run(out).sequences.x

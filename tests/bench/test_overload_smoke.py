@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_short_overload_run_loses_nothing_and_recovers() -> None:
     cmd = [sys.executable, "-m", "bench.overload", "--seconds", "1.5", "--probe-seconds", "0.5", "--conns", "128"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170, check=False)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(p.stdout)
     assert out["requests"] > 100 and out["admitted"] > 0 and out["refused_503"] > 0, out
