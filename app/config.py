@@ -77,10 +77,9 @@ class Settings(BaseSettings):
 
     # --- hostile and careless clients (issue 15: app/guard.py, app/connections.py, app/auth.py)
     body_timeout_s: float = Field(15.0, gt=0.0)
-    """Longest a client may take to send a request: its headers, counted from their first byte,
-    then its body, counted from the end of the headers. Past it the request gets 408 and its
-    connection is closed, so a stalled upload holds nothing for long. 15 s carries a 16 MB body
-    (``max_request_bytes``) at 9 Mbit/s."""
+    """Longest a client may take to send a whole request, headers and body, counted from its
+    first byte. Past it the request gets 408 and its connection is closed, so a stalled upload
+    holds nothing for long. 15 s carries a 16 MB body (``max_request_bytes``) at 9 Mbit/s."""
 
     keep_alive_timeout_s: float = Field(5.0, gt=0.0)
     """An idle connection (no request yet, or none since the last answer) is closed after this

@@ -8,13 +8,15 @@ httptools protocol) adds, per connection:
 
 - an idle deadline from the moment it opens (uvicorn's keep-alive timer, ``keep_alive_timeout_s``,
   which uvicorn itself only arms after a response);
-- a deadline for the request's headers from their first byte (``body_timeout_s``): past it the
-  client gets 408 ``{"error"}`` and the connection is closed;
+- one deadline per request, ``body_timeout_s`` from its first byte to its last (a single timer,
+  nothing per body chunk): headers still incomplete get 408 ``{"error"}`` here and the
+  connection is closed; a late body is flagged in the ASGI scope, and ``guard`` makes the
+  endpoint's next ``receive`` raise :class:`~app.errors.BodyTimeout` (408 through
+  ``app.errors``, ``Connection: close``), so metrics and logs see the 408 too;
 - at most ``max_connections`` open at once: the next one's request gets 503 ``{"error"}`` with
   Retry-After and ``Connection: close``;
 - a JSON ``{"error"}`` instead of uvicorn's plain-text 400 for a request it cannot parse.
 
-The body's own deadline is the ASGI layer's (``guard``), where the endpoint reads it.
 :func:`uvicorn_options` is the one place that turns settings into uvicorn options.
 """
 
@@ -47,13 +49,19 @@ def _raw_response(status: bytes, message: str) -> bytes:
     )
 
 
+BODY_EXPIRED = "lstm_serve.body_expired"
+"""Scope key set when a request's body is late; ``guard`` turns the app's next receive into 408."""
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with an idle deadline from the start, a header deadline and
-    a cap on open connections. Configure through :func:`protocol_class`."""
+    """uvicorn's httptools protocol with an idle deadline from the start, one deadline for each
+    request's headers and body, and a cap on open connections. Configure through
+    :func:`protocol_class`."""
 
     max_connections: int = 1024
-    header_timeout_s: float = 15.0
-    _header_timer: asyncio.TimerHandle | None = None
+    request_timeout_s: float = 15.0
+    _timer: asyncio.TimerHandle | None = None
+    _in_body: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,17 +71,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # (data_received cancels it).
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
+    # One timer per request, from its first byte to its last (no cost per body chunk).
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+        self._cancel_timer()
+        self._in_body = False
+        self._timer = self.loop.call_later(self.request_timeout_s, self._timed_out)
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._in_body = True
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self._cancel_timer()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -85,30 +99,43 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.write(_raw_response(b"400 Bad Request", message))
         self.transport.close()
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _headers_timed_out(self) -> None:
-        self._header_timer = None
+    def _rearm(self) -> None:
+        self._timer = self.loop.call_later(self.request_timeout_s, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # a pipelined request behind one still being answered: never write into that answer
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_timed_out)
+        cycle = self.cycle
+        if self._in_body and cycle is not None:
+            if any(queued is cycle for queued, _ in self.pipeline):
+                self._rearm()  # not started yet: the server, not the client, holds its body back
+            elif cycle.response_complete:
+                self.transport.close()  # answered without its body: the rest is not wanted
+            else:
+                # The endpoint answers (408, through app.errors) at its next receive.
+                cycle.scope[BODY_EXPIRED] = True  # type: ignore[literal-required]
+                cycle.message_event.set()
             return
-        message = f"request headers not complete within body_timeout_s={self.header_timeout_s:g}"
+        if cycle is not None and not cycle.response_complete:
+            self._rearm()  # a pipelined request behind one still being answered: never write into it
+            return
+        message = f"request headers not complete within body_timeout_s={self.request_timeout_s:g}"
         self.transport.write(_raw_response(b"408 Request Timeout", message))
         self.transport.close()
 
 
-def protocol_class(max_connections: int, header_timeout_s: float) -> type[GuardedHttpProtocol]:
+def protocol_class(max_connections: int, request_timeout_s: float) -> type[GuardedHttpProtocol]:
     """A :class:`GuardedHttpProtocol` with these limits (uvicorn builds one per connection)."""
     return type(
         "GuardedHttpProtocol",
         (GuardedHttpProtocol,),
-        {"max_connections": max_connections, "header_timeout_s": header_timeout_s},
+        {"max_connections": max_connections, "request_timeout_s": request_timeout_s},
     )
 
 

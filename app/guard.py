@@ -5,22 +5,20 @@ In order, cheapest and least revealing first:
 1. bearer token (``auth``), when one is configured: 401 before anything else is said;
 2. model name and version in the raw path (``names``): 400 naming the rule, so no endpoint,
    present or future, ever looks up a name that breaks it;
-3. the body must arrive within ``body_timeout_s`` of the request's start: the ``receive``
-   handed on raises :class:`~app.errors.BodyTimeout` (408, connection closed) when the client
-   stalls, whichever endpoint is reading. (The headers' own deadline lives in ``connections``,
-   which sees the request before it is complete.)
+3. a late body: ``connections`` times each request from its first byte to its last and flags
+   a late body in the scope; the ``receive`` handed on then raises
+   :class:`~app.errors.BodyTimeout` (408, connection closed), whichever endpoint is reading.
 
 Plain ASGI, no per-request task: the inference hot path passes through it.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import names
 from .auth import BearerAuth, protects
+from .connections import BODY_EXPIRED
 from .errors import BodyTimeout, ServingError, error_response, render
 
 
@@ -33,25 +31,15 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-def deadline_receive(receive: Receive, timeout_s: float) -> Receive:
-    """``receive``, raising BodyTimeout once the body is not complete ``timeout_s`` from now."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    complete = False
+def deadline_receive(receive: Receive, scope: Scope, timeout_s: float) -> Receive:
+    """``receive``, raising BodyTimeout once ``connections`` has flagged the body as late."""
 
     async def receive_by_deadline() -> Message:
-        nonlocal complete
-        if complete:
-            return await receive()
-        try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
+        message = await receive()
+        if BODY_EXPIRED in scope:
             raise BodyTimeout(
                 f"request body not complete within body_timeout_s={timeout_s:g}; closing the connection"
-            ) from None
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            complete = True
+            )
         return message
 
     return receive_by_deadline
@@ -80,5 +68,5 @@ class RequestGuard:
             await error_response(err.status, err.message, err.headers)(scope, receive, send)
             return
         if _has_body(scope["headers"]):
-            receive = deadline_receive(receive, self.body_timeout_s)
+            receive = deadline_receive(receive, scope, self.body_timeout_s)
         await self.app(scope, receive, send)

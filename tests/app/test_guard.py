@@ -26,11 +26,17 @@ def impatient(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def send_slowly(server: Server, raw: bytes, pieces: int, gap_s: float):
+    """Headers at once, then the body in ``pieces`` with ``gap_s`` between them; the answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        step = -(-len(raw) // pieces)
-        for i in range(0, len(raw), step):
-            sock.sendall(raw[i : i + step])
-            time.sleep(gap_s)
+        sock.sendall(head + b"\r\n\r\n")
+        step = -(-len(body) // pieces)
+        try:
+            for i in range(0, len(body), step):
+                time.sleep(gap_s)
+                sock.sendall(body[i : i + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed: read what it said
         return read_response(sock, timeout=BODY_TIMEOUT_S + 5, check_close=True)
 
 
@@ -58,3 +64,15 @@ def test_a_body_trickling_past_the_deadline_gets_408(impatient: Server) -> None:
     raw = request_bytes("POST", b"/v2/models/demo/infer", {"Content-Type": "application/json"}, DOC)
     resp = send_slowly(impatient, raw, pieces=8, gap_s=BODY_TIMEOUT_S / 4)
     assert resp.status == 408 and resp.closed, resp
+
+
+def test_a_body_nobody_reads_still_ends_with_its_connection(impatient: Server) -> None:
+    # GET answers without reading the declared body; a client that then stalls is cut off.
+    head = request_bytes("GET", b"/v2/health/ready", {"Content-Length": "100"})
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as sock:
+        sock.sendall(head + b"0123456789")
+        t0 = time.monotonic()
+        assert read_response(sock).status == 200
+        sock.settimeout(BODY_TIMEOUT_S + 3)
+        assert sock.recv(1) == b""  # closed by the server
+    assert time.monotonic() - t0 <= BODY_TIMEOUT_S + 1.0
