@@ -77,9 +77,13 @@ LABEL org.opencontainers.image.title="lstm-serve" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # Numeric, non-root user; Kubernetes' runAsNonRoot can only verify a numeric USER.
+# No package manager at serve time: apt's and dpkg's programs go (dpkg's database stays, so
+# image scanners still see what is installed). No compiler was ever installed in this stage.
 RUN groupadd --system --gid 10001 lstm \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin lstm
+        --shell /usr/sbin/nologin lstm \
+    && rm -rf /usr/bin/apt /usr/bin/apt-* /usr/lib/apt /etc/apt /var/lib/apt /var/cache/apt \
+        /usr/bin/dpkg /usr/bin/dpkg-* /usr/sbin/dpkg-*
 
 # The venv's python links to /usr/bin/python3.12 of the same `python` stage: identical paths.
 # Its .pyc files were compiled at install time, so a read-only root filesystem costs no startup.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LSTM_SERVE_"
@@ -99,6 +99,31 @@ class Settings(BaseSettings):
     the process exits within this time. Keep the pod's terminationGracePeriodSeconds above
     preStop + this value."""
 
+    # --- hostile and careless clients (issue 15: app/guard.py, app/connections.py, app/auth.py)
+    body_timeout_s: float = Field(15.0, gt=0.0)
+    """Longest a client may take to send a whole request, headers and body, counted from its
+    first byte. Past it the request gets 408 and its connection is closed, so a stalled upload
+    holds nothing for long. 15 s carries a 16 MB body (``max_request_bytes``) at 9 Mbit/s."""
+
+    keep_alive_timeout_s: float = Field(5.0, gt=0.0)
+    """An idle connection (no request yet, or none since the last answer) is closed after this
+    time. Behind a load balancer that reuses connections, keep it above the balancer's idle
+    timeout, or the balancer may send a request on a connection the server is closing."""
+
+    max_connections: int = Field(1024, ge=1)
+    """Most open connections at once; past it a new connection's request gets 503 with
+    Retry-After and the connection is closed. Each held connection costs at most about 64 KiB
+    of buffered body, so the default bounds that at 64 MiB."""
+
+    api_key: SecretStr | None = None
+    """Bearer token clients must send (``Authorization: Bearer <token>``) to every ``/v2``
+    endpoint except ``/v2/health/live`` and ``/v2/health/ready``; ``/metrics`` stays open. Unset
+    (and no ``api_key_file``): no authentication. Prefer ``api_key_file`` in Kubernetes."""
+
+    api_key_file: Path | None = None
+    """File holding the bearer token (surrounding whitespace ignored), e.g. a Kubernetes Secret
+    mounted as a volume; read once at start. Exclusive with ``api_key``."""
+
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     """Execution provider: ``auto`` takes CUDA when onnxruntime-gpu sees a GPU, else CPU;
     ``cuda`` fails at start without one; ``cpu`` never uses a GPU."""
@@ -165,6 +190,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})"
             )
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set api_key or api_key_file, not both")
         return self
 
 

@@ -103,6 +103,26 @@ class RequestTimeout(ServingError):
     status = 504
 
 
+class Unauthorized(ServingError):
+    """Missing, malformed or wrong bearer token (``auth``); the challenge tells the client how."""
+
+    status = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        challenge = 'Bearer realm="lstm-serve"' + (', error="invalid_token"' if invalid_token else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class BodyTimeout(ServingError):
+    """The client did not send its whole request in time (``guard``); the connection is closed,
+    since the rest of a stalled body could still arrive and be read as the next request."""
+
+    status = 408
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class InferenceFailed(ServingError):
     """ONNX Runtime failed on a batch: only that batch's requests get it."""
 

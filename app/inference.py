@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import compression, protocol
+from . import compression, decoding, names, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .sequences import Job
@@ -68,6 +68,7 @@ async def infer(
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
+    names.check(name, version)  # the guard checked the raw path; in-process callers too
     engine = state.engine
     model = engine.model(name, version)
     info["model"] = model.name
@@ -76,7 +77,8 @@ async def infer(
     body = await read_body(receive, headers.get("content-length"), limit)
     engine.admit(model)
     body = compression.decode_body(body, headers.get("content-encoding"), limit)
-    req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
+    # large JSON bodies are parsed in slices, the event loop free between them
+    req = await decoding.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
     timeout = state.settings.request_timeout_s
     try:
         async with asyncio.timeout(timeout):

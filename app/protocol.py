@@ -186,8 +186,21 @@ def _tensor(
     if "data" not in entry:
         raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
     data = entry["data"]
+    # An ndarray here was already parsed strictly, in slices, by ``decoding`` (large bodies).
+    arr = data if isinstance(data, np.ndarray) else json_values(data, name, expected)
+    if arr.size != count:
+        raise InvalidInput(
+            f"input '{name}': 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
+        )
+    return name, arr.reshape(shape), offset
+
+
+def json_values(data: Any, name: object, expected: str) -> np.ndarray:
+    """A JSON ``data`` value (flat or nested list, or a lone number) as an array of the protocol
+    datatype ``expected``, refusing anything but JSON numbers (integers for INT types)."""
+    dtype = V2_DTYPES[expected]
     if not isinstance(data, list):
-        data = [data]  # a lone number; its count is checked against the shape below
+        data = [data]  # a lone number; its count is checked against the shape by the caller
     try:
         raw = np.asarray(data)  # numpy finds the values' type: strings and nulls show in raw.dtype
     except (ValueError, TypeError) as exc:
@@ -205,12 +218,7 @@ def _tensor(
     if dtype.kind != "f" and raw.size and (raw.min() < np.iinfo(dtype).min or raw.max() > np.iinfo(dtype).max):
         raise InvalidInput(f"input '{name}': 'data' holds values outside the {expected} range")
     with np.errstate(over="ignore"):  # out-of-range floats become inf, refused later
-        arr = raw.astype(dtype, copy=False)
-    if arr.size != count:
-        raise InvalidInput(
-            f"input '{name}': 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
-        )
-    return name, arr.reshape(shape), offset
+        return raw.astype(dtype, copy=False)
 
 
 def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -244,9 +252,40 @@ def decode_request(
 ) -> InferRequest:
     """Decode and check one inference request against the model; raises InvalidInput."""
     doc, binary = _parse_header(body, header_length)
+    return decode_document(doc, binary, spec, limits)
+
+
+def check_declared_limits(inputs: Any, limits: Limits) -> None:
+    """Refuse an ``input`` whose *declared* shape breaks max_batch_size or max_sequence_length,
+    before its data is turned into an array (``app.decoding`` calls it before parsing data)."""
+    for entry in inputs if isinstance(inputs, list) else ():
+        shape = entry.get("shape") if isinstance(entry, dict) and entry.get("name") == contract.INPUT else None
+        if isinstance(shape, list) and len(shape) == 3 and all(type(d) is int for d in shape):
+            _check_limits(shape[0], shape[1], limits)
+
+
+def _check_limits(n: int, t: int, limits: Limits) -> None:
+    if n > limits.max_batch_size:
+        raise InvalidInput(
+            f"input '{contract.INPUT}' has {n} sequences; at most {limits.max_batch_size} per "
+            "request (max_batch_size)"
+        )
+    if t > limits.max_sequence_length:
+        raise InvalidInput(
+            f"input '{contract.INPUT}' has {t} time steps; at most {limits.max_sequence_length} "
+            "are accepted (max_sequence_length)"
+        )
+
+
+def decode_document(
+    doc: dict[str, Any], binary: memoryview, spec: ModelSpec, limits: Limits
+) -> InferRequest:
+    """Decode a request whose JSON is already parsed (``data`` may already be a numpy array:
+    ``app.decoding`` parses large bodies in slices); raises InvalidInput."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("request needs a non-empty 'inputs' list")
+    check_declared_limits(inputs, limits)
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for entry in inputs:
@@ -319,16 +358,7 @@ def _sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits) 
         )
     if n == 0 or t == 0:
         raise InvalidInput(f"input '{contract.INPUT}' is empty (shape {list(x.shape)})")
-    if n > limits.max_batch_size:
-        raise InvalidInput(
-            f"input '{contract.INPUT}' has {n} sequences; at most {limits.max_batch_size} per "
-            "request (max_batch_size)"
-        )
-    if t > limits.max_sequence_length:
-        raise InvalidInput(
-            f"input '{contract.INPUT}' has {t} time steps; at most {limits.max_sequence_length} "
-            "are accepted (max_sequence_length)"
-        )
+    _check_limits(n, t, limits)
     if not np.isfinite(x).all():
         raise InvalidInput(f"input '{contract.INPUT}' contains NaN or infinite values")
 

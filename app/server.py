@@ -24,10 +24,12 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
-from . import __version__, docs, extensions, logs, startup, supervisor
+from . import __version__, auth, docs, extensions, logs, startup, supervisor
 from .config import Settings
+from .connections import uvicorn_options
 from .engine import Engine, LocalEngine
 from .errors import install_handlers
+from .guard import RequestGuard
 from .inference import InferenceFastPath
 from .metrics import Metrics
 from .middleware import RequestObserver
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     """Build the ASGI app; the engine starts before the app serves (``serve``, or the lifespan
     for in-process use), not here. Without an ``engine``, models are served in this process."""
     settings = settings or Settings()
+    token = auth.load_token(settings)  # before loading models: a bad token setting fails fast
     metrics = metrics or Metrics(settings.max_batch_size)
     state = ServerState.create(settings, engine or LocalEngine(settings, metrics), metrics)
 
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     # path answers inference requests before FastAPI's router, gzip compresses either's answer.
     app.add_middleware(InferenceFastPath, state=state)
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    # token, name/version rules and the body deadline, before any endpoint
+    app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
     return app
 
@@ -121,12 +126,12 @@ def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
         lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
+        **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/connections.py)
     )
     _Server(config, app.state.server).run(sockets=[sock])
 

@@ -1,0 +1,160 @@
+"""Property tests of the request decoder (issue 15, item 6): whatever the body, header and
+parameters, ``decode_request`` either raises InvalidInput (a 400 naming the problem) or returns
+a request that the model really runs, with outputs of the right shape and finite values.
+
+Bounded for CI by ``max_examples``; raise ``HYPOTHESIS_EXAMPLES`` for a longer run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import contract
+from app.contract import ModelSpec
+from app.errors import InvalidInput
+from app.protocol import V2_DTYPES, Limits, decode_request
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))
+LIMITS = Limits(max_batch_size=8, max_sequence_length=16)
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple[object, ModelSpec]:
+    import onnxruntime as ort
+
+    (path,) = sorted((ROOT / "models" / "demo").glob("*/model.onnx"))[-1:]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess, ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
+
+
+RAN: dict[str, int] = {"ran": 0, "refused": 0}
+
+
+def runs(sess, spec: ModelSpec, body: bytes, header: str | None) -> None:
+    """The property: InvalidInput, or a request the model runs to finite outputs."""
+    try:
+        req = decode_request(body, header, spec, LIMITS)
+    except InvalidInput as exc:
+        assert exc.message and exc.status == 400
+        RAN["refused"] += 1
+        return
+    RAN["ran"] += 1
+    seq = req.sequences
+    assert 1 <= seq.n <= LIMITS.max_batch_size and 1 <= seq.t <= LIMITS.max_sequence_length
+    assert seq.x.dtype == np.float32 and seq.x.shape == (seq.n, seq.t, spec.input_size)
+    assert ((seq.lengths >= 1) & (seq.lengths <= seq.t)).all()
+    assert set(req.outputs) <= set(spec.output_names) and req.binary_outputs <= set(req.outputs)
+    feeds = contract.feeds(spec, seq.x, seq.lengths, seq.initial_h, seq.initial_c)
+    out = sess.run(list(req.outputs), feeds)
+    for name, o in zip(req.outputs, out, strict=True):
+        batch_axis = 1 if name in (contract.FINAL_H, contract.FINAL_C) else 0  # [layers, batch, hidden]
+        assert o.shape[batch_axis] == seq.n and np.isfinite(o).all(), name
+
+
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=4)),
+    max_leaves=10,
+)
+datatypes = st.one_of(st.sampled_from([*V2_DTYPES, "BYTES"]), json_values)
+shapes = st.one_of(st.lists(st.integers(min_value=-2, max_value=20), max_size=4), json_values)
+
+
+@st.composite
+def plausible_requests(draw: st.DrawFn, features: int = 4) -> tuple[bytes, str | None]:
+    """Half valid requests (random sizes, lengths, JSON or binary, outputs), half the same with
+    one or more things broken: shape, datatype, data length or values, binary sizes, lengths,
+    wrong JSON types in outputs/parameters/id, a bad Inference-Header-Content-Length."""
+    valid = draw(st.booleans())
+
+    def pick(good, bad):  # the valid choice, or (when breaking) sometimes a bad one
+        return good if valid else draw(st.one_of(st.just(good), bad))
+
+    n = draw(st.integers(1, LIMITS.max_batch_size)) if valid else draw(st.integers(0, 10))
+    t = draw(st.integers(1, LIMITS.max_sequence_length)) if valid else draw(st.integers(0, 20))
+    f = pick(features, st.sampled_from([features - 1, 0, features + 1]))
+    shape = pick([n, t, f], shapes)
+    count = n * t * f
+    binary = draw(st.booleans())
+    data_len = pick(count, st.sampled_from([max(count - 1, 0), count + 1]))
+    values = draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=data_len, max_size=data_len)) if data_len <= 300 else [0.5] * data_len
+    if not valid and values and draw(st.booleans()):
+        values[draw(st.integers(0, len(values) - 1))] = draw(numbers)
+    entry: dict = {"name": pick("input", st.sampled_from(["sequence_lens", "bogus", ""])),
+                   "datatype": pick("FP32", datatypes), "shape": shape}
+    blobs = b""
+    if binary:
+        with np.errstate(over="ignore"):
+            raw = np.asarray([v if isinstance(v, float) else 0.0 for v in values], np.float32).tobytes()
+        entry["parameters"] = {"binary_data_size": pick(len(raw), st.sampled_from([len(raw) + 4, -1, "8", None]))}
+        blobs += raw
+    else:
+        entry["data"] = values
+    inputs = [entry]
+    if draw(st.booleans()):
+        good_lens = draw(st.lists(st.integers(1, t), min_size=n, max_size=n)) if t >= 1 else []
+        lens = pick(good_lens, st.lists(st.integers(-(2**40), 2**40) | st.integers(0, t + 1), max_size=n + 1))
+        inputs.append({"name": "sequence_lens", "datatype": pick("INT32", st.just("INT64")),
+                       "shape": [len(lens)], "data": lens})
+    doc: dict = {"inputs": inputs}
+    if draw(st.booleans()):
+        good_outputs = [{"name": "output", "parameters": {"binary_data": draw(st.booleans())}}]
+        doc["outputs"] = pick(good_outputs, st.one_of(json_values, st.lists(
+            st.fixed_dictionaries({"name": json_values, "parameters": json_values}), max_size=2)))
+    if draw(st.booleans()):
+        doc["parameters"] = pick({"binary_data_output": draw(st.booleans())}, json_values)
+    if draw(st.booleans()):
+        doc["id"] = pick(draw(st.text(max_size=8)), json_values)
+    header = json.dumps(doc).encode()
+    if not binary:
+        return header, pick(None, st.sampled_from([str(len(header)), "abc", "-1", "0", str(len(header) + 10), "１"]))
+    declared = pick(str(len(header)), st.sampled_from([str(len(header) - 1), str(len(header) + 3), "0", "1e3", "", " 5"]))
+    return header + blobs, declared
+
+
+@SETTINGS
+@given(req=plausible_requests())
+def test_plausible_requests_are_refused_or_run(demo, req: tuple[bytes, str | None]) -> None:
+    runs(*demo, req[0], req[1])
+
+
+def test_the_plausible_strategy_reaches_the_model() -> None:
+    # guards the strategy above: a generator that only ever produced refusals would prove little
+    print(f"decoder properties: {RAN['ran']} requests ran, {RAN['refused']} refused")
+    assert RAN["ran"] >= EXAMPLES // 20 and RAN["refused"] >= EXAMPLES // 4, RAN
+
+
+@SETTINGS
+@given(body=st.binary(max_size=300), header=st.one_of(st.none(), st.text(max_size=6)))
+def test_byte_garbage_is_refused(demo, body: bytes, header: str | None) -> None:
+    runs(*demo, body, header)
+
+
+@SETTINGS
+@given(doc=json_values)
+def test_any_json_document_is_refused_or_run(demo, doc: object) -> None:
+    runs(*demo, json.dumps(doc).encode(), None)
+
+
+def test_a_valid_request_decodes_and_runs(demo) -> None:
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 4], "data": [0.1] * 24},
+                                    {"name": "sequence_lens", "datatype": "INT32", "shape": [2], "data": [3, 1]}]}).encode()
+    runs(*demo, body, None)
+    req = decode_request(body, None, demo[1], LIMITS)
+    assert req.sequences.lengths.tolist() == [3, 1]
