@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     timeout, or the balancer may send a request on a connection the server is closing."""
 
     max_connections: int = Field(1024, ge=1)
-    """Most open connections at once; past it a new connection's request gets 503 with
-    Retry-After and the connection is closed. Each held connection costs at most about 64 KiB
+    """Most open connections at once, across all HTTP workers; past it a new connection's request
+    gets 503 with Retry-After and the connection is closed. Each held connection costs at most about 64 KiB
     of buffered body, so the default bounds that at 64 MiB."""
 
     api_key: SecretStr | None = None

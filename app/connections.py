@@ -32,6 +32,29 @@ from .config import Settings
 from .errors import error_response
 
 
+class OpenConnections:
+    """Open connections of the whole server: with several HTTP workers each counts its own in
+    its slot of a shared array (the supervisor zeroes a dead worker's slot), and the cap applies
+    to the sum, so ``max_connections`` means the same whatever ``workers`` is."""
+
+    def __init__(self, slots: Any = None, index: int = 0) -> None:
+        self.slots, self.index = slots, index
+
+    def opened(self, local: int) -> int:
+        """Record this process's count; the server-wide total."""
+        if self.slots is None:
+            return local
+        self.slots[self.index] = local
+        return sum(self.slots)
+
+    def closed(self, local: int) -> None:
+        if self.slots is not None:
+            self.slots[self.index] = local
+
+
+COUNT = OpenConnections()  # a worker replaces it with its shared slot (``server.serve_worker``)
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The ``uvicorn.Config`` keyword arguments for connection handling (one place, so every
     worker process gets the same)."""
@@ -65,7 +88,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+        if COUNT.opened(len(self.connections)) > self.max_connections:
             self.app = _over_capacity(self.max_connections)
         # Idle until the first byte, as between keep-alive requests: same timer, same handler
         # (data_received cancels it).
@@ -89,6 +112,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         super().connection_lost(exc)
+        COUNT.closed(len(self.connections))
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers an unparsable request in plain text; the protocol's errors are JSON.

@@ -24,9 +24,9 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
-from . import __version__, auth, docs, extensions, logs, startup, supervisor
+from . import __version__, auth, connections, docs, extensions, logs, startup, supervisor
 from .config import Settings
-from .connections import uvicorn_options
+from .connections import OpenConnections, uvicorn_options
 from .engine import Engine, LocalEngine
 from .errors import install_handlers
 from .guard import RequestGuard
@@ -146,9 +146,11 @@ def serve(settings: Settings) -> None:
     _run(create_app(settings), settings, sock)
 
 
-def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None) -> None:
+def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None, count: OpenConnections) -> None:
     """One HTTP worker process on the supervisor's socket: a client of the engine process
-    (``engine=shared``) or its own in-process engine (``per_worker``)."""
+    (``engine=shared``) or its own in-process engine (``per_worker``); ``count`` is its slot in
+    the server-wide count of open connections."""
     logs.setup(settings.log_level)
+    connections.COUNT = count
     engine = RemoteEngine(engine_address) if engine_address else None
     _run(create_app(settings, engine), settings, sock)

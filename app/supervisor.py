@@ -38,6 +38,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .config import Settings
 from .metrics import MULTIPROC_ENV
@@ -77,11 +78,12 @@ def _engine_main(settings: Settings, address: str, conn: object, parent: int) ->
     raise SystemExit(engine_server.run(settings, address, conn))  # type: ignore[arg-type]
 
 
-def _worker_main(settings: Settings, sock: socket.socket, address: str | None, parent: int) -> None:
+def _worker_main(settings: Settings, sock: socket.socket, address: str | None, parent: int, slots: Any, index: int) -> None:
     die_with_parent(parent)
+    from .connections import OpenConnections
     from .server import serve_worker
 
-    serve_worker(settings, sock, address)
+    serve_worker(settings, sock, address, OpenConnections(slots, index))
 
 
 class Supervisor:
@@ -93,6 +95,9 @@ class Supervisor:
         self.ctx.set_forkserver_preload(["app.server", "app.engine_server"])
         self.address = f"\0lstm-serve-{os.getpid()}-{secrets.token_hex(6)}" if settings.shared_engine else None
         self.engine: BaseProcess | None = None
+        # Each worker's open connections (``connections.OpenConnections``): max_connections is
+        # the server's, not each worker's.
+        self.connection_slots = self.ctx.Array("i", settings.workers, lock=False)
         self.workers: list[BaseProcess] = []
         self.deaths: list[float] = []
         self.stop_signal: int | None = None
@@ -125,9 +130,11 @@ class Supervisor:
                 raise StartupError(f"the engine process exited with code {self.engine.exitcode} while loading models")
         return False
 
-    def _start_worker(self) -> BaseProcess:
+    def _start_worker(self, index: int) -> BaseProcess:
+        self.connection_slots[index] = 0  # a dead worker's connections died with it
         w = self.ctx.Process(
-            target=_worker_main, args=(self.settings, self.sock, self.address, os.getpid()), name="lstm-serve-http"
+            target=_worker_main, args=(self.settings, self.sock, self.address, os.getpid(), self.connection_slots, index),
+            name="lstm-serve-http",
         )
         w.start()
         return w
@@ -139,7 +146,7 @@ class Supervisor:
         if self.address is not None and not self._start_engine():
             self._stop_all()
             return 1
-        self.workers = [self._start_worker() for _ in range(self.settings.workers)]
+        self.workers = [self._start_worker(i) for i in range(self.settings.workers)]
         log.info("supervising", extra={"workers": [w.pid for w in self.workers], "engine": self.settings.engine})
         code = self._watch()
         self._stop_all()
@@ -163,7 +170,7 @@ class Supervisor:
                 if len(self.deaths) >= _CRASH_LIMIT:
                     log.error("%d worker deaths in %.0f s; giving up", len(self.deaths), _CRASH_WINDOW_S)
                     return 1
-                self.workers[i] = self._start_worker()
+                self.workers[i] = self._start_worker(i)
                 log.error("HTTP worker %s died (exit code %s); started another", w.pid, w.exitcode,
                           extra={"dead": w.pid, "pid": self.workers[i].pid})
         log.info("received signal %s; draining", self.stop_signal)
