@@ -22,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import protocol
+from .protocol import Limits
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .sequences import Job
@@ -70,15 +71,24 @@ async def infer(
     model = engine.model(name, version)
     info["model"] = model.name
     info["version"] = model.version
-    body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
-    engine.admit(model)
-    req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
-    timeout = state.settings.request_timeout_s
+    # Held until answered: if a swap takes this version out of the catalog meanwhile, it still
+    # serves this request (it drains only once nothing holds it).
+    engine.hold(model)
     try:
-        async with asyncio.timeout(timeout):
-            done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs))
-    except TimeoutError:
-        raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+        body = await read_body(receive, headers.get("content-length"), state.settings.max_request_bytes)
+        engine.admit(model)
+        limits = state.limits
+        if limits.max_batch_size != model.max_batch_size:
+            limits = Limits(model.max_batch_size, limits.max_sequence_length)
+        req = protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, limits)
+        timeout = state.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs))
+        except TimeoutError:
+            raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+    finally:
+        engine.release(model)
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000
     info["batch_size"] = done.batch_size
     info["queue_ms"] = round(queue_ms, 3)

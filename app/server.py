@@ -125,5 +125,5 @@ def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | 
     """One HTTP worker process on the supervisor's socket: a client of the engine process
     (``engine=shared``) or its own in-process engine (``per_worker``)."""
     logs.setup(settings.log_level)
-    engine = RemoteEngine(engine_address) if engine_address else None
+    engine = RemoteEngine(engine_address, drain_timeout_s=settings.drain_timeout_s) if engine_address else None
     _run(create_app(settings, engine), settings, [sock])
