@@ -322,6 +322,9 @@ class Lifecycle:
                                       f"({policy.describe()}) selects none of the versions {available}")
             return  # poll: nothing valid to serve instead; what serves keeps serving
 
+        if self._closing:  # SIGTERM while loading: publish nothing new
+            await self._discard(name, new, serving)
+            raise ShuttingDown("server is shutting down; retry on another replica")
         leaving = serving - set(chosen)
         retired: list[tuple[ServedModel, bool]] = []
         for v in leaving:

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,3 +398,29 @@ def test_settings_file_errors_name_the_file_and_the_field(tmp_path: Path) -> Non
     (tmp_path / "settings.json").write_text('{"max_queue_delay_ms": 0}')
     ms, batching = read(tmp_path, server)
     assert (batching.max_batch_size, batching.max_queue_size, batching.max_queue_delay_ms) == (8, 16, 0.0)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_unload_answers_once_the_queue_drained_and_every_queued_request_is_answered(
+    repo: Path, tmp_path: Path, workers: int
+) -> None:
+    srv = start_server(repo, tmp_path / "logs", workers=workers, model_control_mode="explicit",
+                       dispatch_when_idle="false", max_queue_delay_ms=4000, max_batch_size=64)
+    try:
+        pool = ThreadPoolExecutor(9)
+        queued = [pool.submit(infer, srv) for _ in range(8)]
+        _wait_for("8 queued sequences",
+                  lambda: 'lstm_serve_queue_depth{model="m",version="1"} 16.0' in srv.metrics(), timeout=2.5)
+        started = time.monotonic()
+        unload = pool.submit(httpx.post, srv.url + "/v2/repository/models/m/unload", timeout=30)
+        _wait_for("UNLOADING", lambda: states(srv) == {"1": "UNLOADING"}, timeout=1.0)
+        assert unload.result().status_code == 200
+        took = time.monotonic() - started
+        assert [f.result().status_code for f in queued] == [200] * 8, [f.result().text for f in queued]
+        assert took > 1.0, "unload answered before the queue (waiting 4 s for a batch) drained"
+        assert index(srv)[("m", "1")] == ("UNAVAILABLE", "unloaded")
+        assert infer(srv).status_code == 404
+        print(f"\nworkers={workers}: unload with 8 requests queued answered after {took:.2f} s")
+        pool.shutdown()
+    finally:
+        assert srv.stop() == 0

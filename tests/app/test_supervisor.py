@@ -119,7 +119,7 @@ def test_ragged_concurrent_requests_are_exact_and_counted_once(two_workers: Serv
         assert seqs == rows
     served_by = Counter(d["pid"] for d in log_lines(two_workers) if d.get("logger") == "lstm_serve.access")
     assert len(served_by) == 2, f"one worker served everything: {served_by}"
-    assert "lstm_serve_queue_depth{model=\"uni\"} 0.0" in after
+    assert "lstm_serve_queue_depth{model=\"uni\",version=\"1\"} 0.0" in after
 
 
 def test_batches_form_across_workers(model_repo: Path, tmp_path: Path) -> None:
