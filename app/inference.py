@@ -22,9 +22,9 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import protocol
-from .protocol import Limits
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
+from .protocol import Limits
 from .sequences import Job
 from .state import ServerState
 

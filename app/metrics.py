@@ -24,10 +24,9 @@ version ever loaded, until the server restarts; a version loaded again continues
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,8 +35,8 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 

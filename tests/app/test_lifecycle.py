@@ -305,7 +305,7 @@ def test_poll_mode_picks_up_a_new_version_and_a_removed_one(
 ) -> None:
     srv = start_server(repo, tmp_path / "logs", workers=workers, model_control_mode="poll", repository_poll_s=0.3)
     try:
-        meta = lambda: httpx.get(srv.url + "/v2/models/m").json()  # noqa: E731
+        meta = lambda: httpx.get(srv.url + "/v2/models/m").json()
         assert meta()["versions"] == ["1"]
         add_version(versions_pool, repo, 2)
         _wait_for("version 2 to serve", lambda: meta()["versions"] == ["2"])
@@ -396,7 +396,7 @@ def test_settings_file_errors_name_the_file_and_the_field(tmp_path: Path) -> Non
     with pytest.raises(ModelSettingsError, match="not readable JSON"):
         read(tmp_path, server)
     (tmp_path / "settings.json").write_text('{"max_queue_delay_ms": 0}')
-    ms, batching = read(tmp_path, server)
+    _, batching = read(tmp_path, server)
     assert (batching.max_batch_size, batching.max_queue_size, batching.max_queue_delay_ms) == (8, 16, 0.0)
 
 

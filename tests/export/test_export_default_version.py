@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.testing import make_model  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
+from export.testing import make_model
+from tests.conftest import start_server
 
 
 def _default(repo: Path) -> int | None:
