@@ -14,7 +14,8 @@ Why it works this way:
 * **Drain on replace.** A version leaving the catalog keeps serving the requests that chose it
   before the swap: ``publish`` returns only once no request holds it any more (in this
   process, and in every HTTP worker, see ``engine_server``), then its batcher drains its queue
-  and closes, and its metric series are removed.
+  and closes, and its metric series are removed. The wait is bounded by ``drain_timeout_s``: a
+  request still held past it (a client sending its body very slowly) may then get 404 or 503.
 * **A bad model never replaces a serving one.** ``POST .../load`` is all or nothing: if any
   version it would load fails (corrupt, truncated, wrong contract), nothing changes and the
   error names the model, the version and the reason. At start and when polling, a bad version

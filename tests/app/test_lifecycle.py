@@ -424,3 +424,20 @@ def test_unload_answers_once_the_queue_drained_and_every_queued_request_is_answe
         pool.shutdown()
     finally:
         assert srv.stop() == 0
+
+
+def test_version_policies_select_as_tritons_do() -> None:
+    from app.model_settings import ModelSettings
+
+    def select(doc: dict, available: list[int]) -> list[int]:
+        policy = ModelSettings.model_validate({"version_policy": doc}).version_policy
+        assert policy is not None
+        return policy.select(available)
+
+    assert select({"latest": {"num_versions": 2}}, [3, 1, 7]) == [3, 7]
+    assert select({"latest": {}}, [3, 1, 7]) == [7]
+    assert select({"all": {}}, [3, 1, 7]) == [1, 3, 7]
+    assert select({"specific": {"versions": [1, 9]}}, [3, 1, 7]) == [1]
+    for bad in ({}, {"all": {"x": 1}}, {"specific": {"versions": []}}, {"newest": {}}):
+        with pytest.raises(ValueError, match="version_policy"):
+            ModelSettings.model_validate({"version_policy": bad})
