@@ -441,3 +441,19 @@ def test_version_policies_select_as_tritons_do() -> None:
     for bad in ({}, {"all": {"x": 1}}, {"specific": {"versions": []}}, {"newest": {}}):
         with pytest.raises(ValueError, match="version_policy"):
             ModelSettings.model_validate({"version_policy": bad})
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_models_own_queue_size_refuses_past_it(repo: Path, tmp_path: Path, workers: int) -> None:
+    write_settings(repo, {"max_batch_size": 4, "max_queue_size": 4})
+    srv = start_server(repo, tmp_path / "logs", workers=workers, dispatch_when_idle="false", max_queue_delay_ms=3000)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(infer, srv)  # 2 sequences wait for company (up to 3 s)
+            _wait_for("2 queued sequences",
+                      lambda: 'lstm_serve_queue_depth{model="m",version="1"} 2.0' in srv.metrics(), timeout=2.5)
+            three = httpx.post(srv.url + "/v2/models/m/infer", json=body(np.zeros((3, 4, 3), np.float32)))
+            assert three.status_code == 503 and "(2 of 4 sequences waiting)" in three.json()["error"], three.text
+            assert first.result().status_code == 200
+    finally:
+        srv.stop()
