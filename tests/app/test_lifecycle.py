@@ -326,6 +326,11 @@ def test_poll_mode_picks_up_a_new_version_and_a_removed_one(
         _wait_for("model n", lambda: httpx.get(srv.url + "/v2/models/n").status_code == 200)
         shutil.rmtree(repo / "n")
         _wait_for("model n to unload", lambda: httpx.get(srv.url + "/v2/models/n").status_code == 404)
+        # Unloaded through the API, a model stays unloaded across polls until loaded again.
+        assert httpx.post(srv.url + "/v2/repository/models/m/unload", timeout=30).status_code == 200
+        time.sleep(1.0)  # three polls
+        assert infer(srv).status_code == 404 and states(srv) == {"1": "UNAVAILABLE"}
+        assert load(srv).status_code == 200 and infer(srv).json()["model_version"] == "1"
     finally:
         assert srv.stop() == 0
 
