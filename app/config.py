@@ -32,8 +32,22 @@ class Settings(BaseSettings):
     shipped beside the ``app`` package (the demo model), whatever the working directory."""
 
     model_versions: dict[str, list[int]] = Field(default_factory=dict)
-    """Versions to load per model, e.g. ``{"demo": [1, 2]}`` (JSON in the environment).
-    Models not named here load their latest version only."""
+    """Versions to load per model, e.g. ``{"demo": [1, 2]}`` (JSON in the environment),
+    overriding the ``version_policy`` of the model's ``settings.json``. Other models load what
+    their settings file selects (default: the latest version)."""
+
+    model_control_mode: Literal["none", "explicit", "poll"] = "none"
+    """Changing models at run time (Triton's names). ``none``: the models loaded at start serve
+    until the server stops; ``POST /v2/repository/models/{name}/load`` and ``/unload`` answer
+    403 (the index still works). ``explicit``: those calls load and unload. ``poll``: the same
+    calls, and the repository is also re-read every ``repository_poll_s`` seconds (new versions
+    and models load, removed ones unload, changed files and settings reload). Default ``none``,
+    as Triton: the API has no authentication, and anyone who can reach the port could unload
+    a model; choose ``poll`` or ``explicit`` where the network is trusted."""
+
+    repository_poll_s: float = Field(15.0, gt=0.0, le=86_400.0)
+    """With ``model_control_mode=poll``: seconds between two reads of the repository (Triton's
+    default 15 s; a read costs a few stat calls per version)."""
 
     host: str = "0.0.0.0"
     """Address to listen on."""
@@ -192,6 +206,11 @@ class Settings(BaseSettings):
             )
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("set api_key or api_key_file, not both")
+        if self.model_control_mode == "explicit" and self.workers > 1 and self.engine == "per_worker":
+            raise ValueError(
+                "model_control_mode=explicit needs engine=shared (or workers=1): with engine=per_worker "
+                "a load call would reach one worker's models only; use model_control_mode=poll"
+            )
         return self
 
 

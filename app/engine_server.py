@@ -9,6 +9,12 @@ Readiness, pushed to every worker when it changes: models loaded and warm, not d
 as many workers connected as configured. A worker whose link drops (it died) has its queued
 jobs taken off the queues at once.
 
+Lifecycle changes (``lifecycle``, through ``LocalEngine.listeners``): each new catalog goes to
+every worker, numbered; the change completes once every connected worker has acknowledged it
+(none of its requests still holds a version that left), bounded by the drain timeout. Only
+then do the versions that left drain and close, so a request that chose a version just before
+a swap is still answered by it.
+
 Started and stopped by ``supervisor``: SIGTERM arrives only after every worker has drained,
 so the engine answers what is left and exits 0.
 """
@@ -24,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import logs, startup, wire
-from .catalog import catalog_to_wire
+from .catalog import Catalog, catalog_to_wire
 from .config import Settings
 from .engine import LocalEngine
 from .errors import InferenceFailed, ServingError
@@ -42,6 +48,10 @@ class EngineServer:
         self.draining = False
         self._ready_sent: bool | None = None
         self._calls: set[asyncio.Task] = set()  # control calls running (a task needs a reference)
+        self.published = 0  # number of the catalog the workers were last sent
+        self.acked: dict[wire.Link, int] = {}
+        self._acks_changed = asyncio.Event()
+        engine.listeners.append(self.broadcast)
 
     def link(self) -> wire.Link:
         return wire.Link(self._on_message, self._on_lost)
@@ -69,11 +79,15 @@ class EngineServer:
             entry = self.workers.get(link, {}).pop(h["i"], None)
             if entry is not None:
                 self.engine.cancel(*entry)
+        elif kind == wire.CATALOG_ACK:
+            self.acked[link] = h["n"]
+            self._acks_changed.set()
         elif kind == wire.HELLO:
             link.peer = h
             self.workers[link] = {}
+            self.acked[link] = self.published
             link.send(wire.frame({"t": wire.CATALOG, "models": catalog_to_wire(self.engine.catalog()),
-                                  "max_queue_size": self.settings.max_queue_size}))
+                                  "n": self.published}))
             link.send(wire.frame({"t": wire.STATUS, "ready": self.ready}))
             self._status_changed()
         elif kind == wire.CALL:
@@ -129,7 +143,29 @@ class EngineServer:
             return
         link.send(wire.frame({"t": wire.REPLY, "i": h["i"], "r": result}))
 
+    async def broadcast(self, catalog: Catalog, leaving: set[tuple[str, int]]) -> None:
+        """Send a new catalog to every worker; return once each acknowledged it (or is gone)."""
+        self.published += 1
+        n = self.published
+        message = {"t": wire.CATALOG, "models": catalog_to_wire(catalog), "n": n}
+        for link in self.workers:
+            link.send(wire.frame(dict(message)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        while any(self.acked.get(link, n) < n for link in self.workers):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("workers did not acknowledge catalog %d in %.1f s", n, self.settings.drain_timeout_s)
+                return
+            self._acks_changed.clear()
+            try:
+                await asyncio.wait_for(self._acks_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
     def _on_lost(self, link: wire.Link, exc: Exception | None) -> None:
+        self.acked.pop(link, None)
+        self._acks_changed.set()
         pending = self.workers.pop(link, None)
         if pending is None:
             return

@@ -58,6 +58,12 @@ class ModelNotFound(ServingError):
     status = 404
 
 
+class ControlDisabled(ServingError):
+    """Loading and unloading models is switched off (``model_control_mode=none``)."""
+
+    status = 403
+
+
 class Unavailable(ServingError):
     """Refused up front so that nothing accepted is lost; the client may retry."""
 

@@ -1,9 +1,10 @@
-"""Triton's protocol extensions: the two this server implements, and clear refusals of the rest.
+"""Triton's protocol extensions: model configuration and statistics, and clear refusals of the
+rest.
 
-Served: model configuration (``/config``, see ``model_config``) and statistics (``/stats``,
-see ``stats``). Every other extension that Triton's clients call (model repository control,
-trace and log settings, system and CUDA shared memory, generate) answers 501 with a message
-that names the extension, so ``tritonclient`` raises an error that says why instead of a bare
+Served here: model configuration (``/config``, see ``model_config``) and statistics (``/stats``,
+see ``stats``); the model repository extension is in ``routes`` (``lifecycle``). Every other
+extension that Triton's clients call (trace and log settings, system and CUDA shared memory,
+generate) answers 501 with a message that names the extension, so ``tritonclient`` raises an error that says why instead of a bare
 "Not Found". This router is included ahead of ``routes``: ``/v2/models/stats`` must not be
 read as the metadata of a model named "stats".
 """
@@ -23,7 +24,7 @@ from .routes import _json, _state
 router = APIRouter()
 
 # Extensions named in GET /v2 "extensions" (besides binary_tensor_data).
-SERVED = ("model_configuration", "statistics")
+SERVED = ("model_configuration", "statistics", "model_repository")
 
 
 @router.get("/v2/models/stats", tags=["statistics"], response_model=schema.Statistics)
@@ -73,9 +74,6 @@ async def model_config(request: Request, name: str, version: str) -> Response:
 
 # path -> (methods, extension name as Triton's documentation spells it)
 UNSUPPORTED: dict[str, tuple[tuple[str, ...], str]] = {
-    "/v2/repository/index": (("POST",), "model repository"),
-    "/v2/repository/models/{name}/load": (("POST",), "model repository"),
-    "/v2/repository/models/{name}/unload": (("POST",), "model repository"),
     "/v2/trace/setting": (("GET", "POST"), "trace"),
     "/v2/models/{name}/trace/setting": (("GET", "POST"), "trace"),
     "/v2/logging": (("GET", "POST"), "logging"),

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import compression, decoding, names, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
+from .protocol import Limits
 from .sequences import Job
 from .state import ServerState
 
@@ -73,18 +74,27 @@ async def infer(
     model = engine.model(name, version)
     info["model"] = model.name
     info["version"] = model.version
-    limit = state.settings.max_request_bytes
-    body = await read_body(receive, headers.get("content-length"), limit)
-    engine.admit(model)
-    body = compression.decode_body(body, headers.get("content-encoding"), limit)
-    # large JSON bodies are parsed in slices, the event loop free between them
-    req = await decoding.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, state.limits)
-    timeout = state.settings.request_timeout_s
+    # Held until answered: if a swap takes this version out of the catalog meanwhile, it still
+    # serves this request (it drains only once nothing holds it).
+    engine.hold(model)
     try:
-        async with asyncio.timeout(timeout):
-            done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
-    except TimeoutError:
-        raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+        limit = state.settings.max_request_bytes
+        body = await read_body(receive, headers.get("content-length"), limit)
+        engine.admit(model)
+        body = compression.decode_body(body, headers.get("content-encoding"), limit)
+        limits = state.limits
+        if limits.max_batch_size != model.max_batch_size:  # the model's own settings.json
+            limits = Limits(model.max_batch_size, limits.max_sequence_length)
+        # large JSON bodies are parsed in slices, the event loop free between them
+        req = await decoding.decode_request(body, headers.get(protocol.HEADER_LENGTH), model.spec, limits)
+        timeout = state.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
+        except TimeoutError:
+            raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+    finally:
+        engine.release(model)
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000
     info["batch_size"] = done.batch_size
     info["queue_ms"] = round(queue_ms, 3)

@@ -10,15 +10,23 @@ and the engine, see ``supervisor``) prometheus-client's multiprocess mode is on:
 writes its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` and any worker's ``/metrics``
 merges them, so a request counts once whichever worker served it. Request families are
 written by the workers, queue and batch families by the engine; gauges say how to merge.
+
+Series that belong to one model version carry a ``version`` label (queue, batch, inference,
+padding, sequences, model_info); the request families are per model, since a request addresses
+a model and is counted even when no version answers it (404, 503). When a version unloads, its
+series are removed (``Metrics.retire``). In multiprocess mode prometheus-client cannot remove a
+series (its value lives on in the engine's mmap file and the library only warns), so the
+exposition also drops every series whose (model, version) the serving catalog no longer holds
+(``exposition(served=...)``): the same view either way. The file entries stay, a few bytes per
+version ever loaded, until the server restarts; a version loaded again continues its counters.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,9 +35,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
-from prometheus_client import multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("lstm_serve.metrics")
@@ -47,13 +55,13 @@ PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # name -> (type, labels): the exposition's fixed shape, also what the deployment files may use.
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     f"{PREFIX}_request_duration_seconds": ("histogram", ("model", "code")),
-    f"{PREFIX}_queue_duration_seconds": ("histogram", ("model",)),
-    f"{PREFIX}_inference_duration_seconds": ("histogram", ("model",)),
-    f"{PREFIX}_batch_size": ("histogram", ("model",)),
-    f"{PREFIX}_padding_ratio": ("histogram", ("model",)),
+    f"{PREFIX}_queue_duration_seconds": ("histogram", ("model", "version")),
+    f"{PREFIX}_inference_duration_seconds": ("histogram", ("model", "version")),
+    f"{PREFIX}_batch_size": ("histogram", ("model", "version")),
+    f"{PREFIX}_padding_ratio": ("histogram", ("model", "version")),
     f"{PREFIX}_requests_total": ("counter", ("model", "code")),
-    f"{PREFIX}_sequences_total": ("counter", ("model",)),
-    f"{PREFIX}_queue_depth": ("gauge", ("model",)),
+    f"{PREFIX}_sequences_total": ("counter", ("model", "version")),
+    f"{PREFIX}_queue_depth": ("gauge", ("model", "version")),
     f"{PREFIX}_inflight_requests": ("gauge", ()),
     f"{PREFIX}_model_info": ("gauge", ("model", "version", "provider")),
     f"{PREFIX}_live_sequences": ("gauge", ("model",)),
@@ -110,28 +118,28 @@ class Metrics:
         )
         self.queue_duration = Histogram(
             f"{p}_queue_duration_seconds", "Time a request waited in the batcher's queue.",
-            ["model"], buckets=DURATION_BUCKETS, registry=r,
+            ["model", "version"], buckets=DURATION_BUCKETS, registry=r,
         )
         self.inference_duration = Histogram(
             f"{p}_inference_duration_seconds", "ONNX Runtime time per batch.",
-            ["model"], buckets=DURATION_BUCKETS, registry=r,
+            ["model", "version"], buckets=DURATION_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
             f"{p}_batch_size", "Sequences per ONNX Runtime call.",
-            ["model"], buckets=batch_size_buckets(max_batch_size), registry=r,
+            ["model", "version"], buckets=batch_size_buckets(max_batch_size), registry=r,
         )
         self.padding_ratio = Histogram(
             f"{p}_padding_ratio", "Padded time steps / all time steps in a batch.",
-            ["model"], buckets=PADDING_BUCKETS, registry=r,
+            ["model", "version"], buckets=PADDING_BUCKETS, registry=r,
         )
         self.requests = Counter(
             f"{p}_requests", "Inference requests answered, by status code.", ["model", "code"], registry=r,
         )
         self.sequences = Counter(
-            f"{p}_sequences", "Sequences run through the model.", ["model"], registry=r,
+            f"{p}_sequences", "Sequences run through the model.", ["model", "version"], registry=r,
         )
         self.queue_depth = Gauge(
-            f"{p}_queue_depth", "Sequences waiting in the batcher's queue.", ["model"], registry=r,
+            f"{p}_queue_depth", "Sequences waiting in the batcher's queue.", ["model", "version"], registry=r,
             multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
@@ -152,18 +160,32 @@ class Metrics:
         )
         self._gpu: Collector | None = None
 
+    def _versioned(self) -> tuple[Histogram | Counter | Gauge, ...]:
+        return (self.queue_duration, self.inference_duration, self.batch_size, self.padding_ratio,
+                self.sequences, self.queue_depth)
+
     def for_model(self, name: str, version: str, provider: str) -> ModelMetrics:
         self.model_info.labels(name, version, provider).set(1)
         self.live_sequences.labels(name)  # every model's series from the start, at 0
         self.sequences_evicted.labels(name)
         return ModelMetrics(
-            queue_duration=self.queue_duration.labels(name),
-            inference_duration=self.inference_duration.labels(name),
-            batch_size=self.batch_size.labels(name),
-            padding_ratio=self.padding_ratio.labels(name),
-            sequences=self.sequences.labels(name),
-            queue_depth=self.queue_depth.labels(name),
+            queue_duration=self.queue_duration.labels(name, version),
+            inference_duration=self.inference_duration.labels(name, version),
+            batch_size=self.batch_size.labels(name, version),
+            padding_ratio=self.padding_ratio.labels(name, version),
+            sequences=self.sequences.labels(name, version),
+            queue_depth=self.queue_depth.labels(name, version),
         )
+
+    def retire(self, name: str, version: str, provider: str) -> None:
+        """A version unloaded: its series leave the exposition. In multiprocess mode removal is
+        not implemented by prometheus-client (the value stays in this process's file), so
+        ``exposition(served=...)`` filters those series instead."""
+        if os.environ.get(MULTIPROC_ENV):
+            return
+        for family in self._versioned():
+            family.remove(name, version)
+        self.model_info.remove(name, version, provider)
 
     def observe_request(self, model: str, code: int, seconds: float) -> None:
         c = str(code)
@@ -178,15 +200,34 @@ class Metrics:
         except Exception as exc:  # NVML missing or no device: the gauges stay absent
             log.warning("GPU metrics disabled: %s", exc)
 
-    def exposition(self) -> bytes:
+    def exposition(self, served: set[tuple[str, str]] | None = None) -> bytes:
+        """The text format. ``served``: the (model, version) pairs being served; in
+        multiprocess mode, series of other versions (unloaded ones) are left out."""
         path = os.environ.get(MULTIPROC_ENV)
         if not path:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path)
+        collector = multiprocess.MultiProcessCollector(None, path)
+        registry.register(_ServedOnly(collector, served) if served is not None else collector)
         if self._gpu is not None:
             registry.register(self._gpu)
         return generate_latest(registry)
+
+
+class _ServedOnly(Collector):
+    """A multiprocess collector's families without the series of versions no longer served."""
+
+    def __init__(self, inner: Collector, served: set[tuple[str, str]]) -> None:
+        self._inner = inner
+        self._served = served
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._inner.collect():
+            family.samples = [
+                s for s in family.samples
+                if "version" not in s.labels or (s.labels.get("model"), s.labels["version"]) in self._served
+            ]
+            yield family
 
 
 class _GpuCollector(Collector):

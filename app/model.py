@@ -19,6 +19,7 @@ from .catalog import ModelInfo
 from .config import Settings
 from .contract import ModelSpec
 from .metrics import Metrics
+from .model_settings import Batching
 from .runtime import Runtime
 from .sequences import Job, Sequences
 from .stats import ModelStats
@@ -27,19 +28,27 @@ log = logging.getLogger("lstm_serve.model")
 
 
 class ServedModel:
-    def __init__(self, name: str, version: int, path: Path, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, settings: Settings, metrics: Metrics, batching: Batching | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
+        self.batching = batching or Batching(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+            max_queue_size=settings.max_queue_size,
+        )
         self.runtime = Runtime(path, settings)
         self.spec: ModelSpec = self.runtime.spec
+        self._all_metrics = metrics
         self._metrics = metrics.for_model(name, str(version), self.runtime.provider)
         self.batcher: Batcher[Job, dict[str, np.ndarray]] = Batcher(
             f"{name}:{version}",
             self.run_batch,
-            max_batch_size=settings.max_batch_size,
-            max_queue_size=settings.max_queue_size,
-            max_delay_s=settings.max_queue_delay_ms / 1000.0,
+            max_batch_size=self.batching.max_batch_size,
+            max_queue_size=self.batching.max_queue_size,
+            max_delay_s=self.batching.max_queue_delay_ms / 1000.0,
             max_in_flight=settings.batches_in_flight,
             dispatch_when_idle=settings.dispatch_when_idle,
             metrics=self._metrics,
@@ -75,13 +84,22 @@ class ServedModel:
         )
         return results
 
-    def info(self, ready: bool) -> ModelInfo:
-        return ModelInfo(self.name, self.version, self.spec, self.provider, ready)
+    def info(self, ready: bool, default: bool = False) -> ModelInfo:
+        return ModelInfo(self.name, self.version, self.spec, self.provider, ready, default,
+                         self.batching.max_batch_size, self.batching.max_queue_size)
 
-    def warm_up(self, max_batch_size: int) -> None:
+    async def close(self, timeout_s: float, retire_metrics: bool = True) -> None:
+        """Answer what is queued, stop, and (unless the same version is replaced in place,
+        whose series the new copy keeps) take this version's series out of /metrics."""
+        self.ready = False
+        await self.batcher.drain(timeout_s)
+        if retire_metrics:
+            self._all_metrics.retire(self.name, str(self.version), self.provider)
+
+    def warm_up(self) -> None:
         """Run the graph at batch 1 and at the largest batch so first requests pay no setup."""
         rng = np.random.default_rng(0)
-        for n in sorted({1, max_batch_size}):
+        for n in sorted({1, self.batching.max_batch_size}):
             x = rng.standard_normal((n, 8, self.spec.input_size)).astype(np.float32)
             merged = padding.merge([Sequences(x, np.full(n, 8, dtype=np.int32))], self.spec)
             self.runtime.run(merged.feeds, list(self.spec.output_names))  # not counted in metrics

@@ -2,8 +2,13 @@
 
 Speaks the same :class:`engine.Engine` interface as the in-process engine, over one ``wire``
 link per worker. What a worker must answer without a round trip (model lookup, readiness,
-admission) it answers from state the engine pushes: the catalog on connect, readiness when it
-changes, and each version's queue depth with every answer.
+admission) it answers from state the engine pushes: the catalog on connect and after every
+lifecycle change, readiness when it changes, and each version's queue depth with every answer.
+
+A new catalog replaces the old one at once; the worker then acknowledges it (``CATALOG_ACK``)
+once none of its requests holds a version the catalog dropped, so the engine drains that
+version only after every worker's last request for it is queued. Acknowledgements go out in
+publication order.
 
 If the engine process goes away, every waiting request is answered at once with 503
 (``EngineUnavailable``), readiness turns false and new requests are refused; the supervisor
@@ -22,7 +27,7 @@ from typing import Any
 
 from . import wire
 from .batcher import Completed
-from .catalog import Catalog, ModelInfo, catalog_from_wire
+from .catalog import Catalog, ModelInfo, catalog_from_wire, versions_of
 from .engine import Engine
 from .errors import EngineUnavailable, QueueFull, rebuild
 from .sequences import Job
@@ -31,7 +36,10 @@ log = logging.getLogger("lstm_serve.remote")
 
 
 class RemoteEngine(Engine):
-    def __init__(self, address: str, connect_timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, connect_timeout_s: float = 60.0, drain_timeout_s: float = 20.0) -> None:
+        super().__init__()
+        self._drain_timeout_s = drain_timeout_s
+        self._acks: asyncio.Task | None = None
         self._address = address
         self._connect_timeout_s = connect_timeout_s
         self._link: wire.Link | None = None
@@ -39,7 +47,6 @@ class RemoteEngine(Engine):
         self._ids = itertools.count(1)
         self._catalog: dict[str, dict[int, ModelInfo]] = {}
         self._engine_ready = False
-        self._max_queue_size = 0
         self._depth: dict[tuple[str, int], int] = {}
         self._connected: asyncio.Event | None = None
         self.lost = False
@@ -89,10 +96,20 @@ class RemoteEngine(Engine):
         elif kind == wire.STATUS:
             self._engine_ready = h["ready"]
         elif kind == wire.CATALOG:
+            old = self._catalog
             self._catalog = catalog_from_wire(h["models"])
-            self._max_queue_size = h["max_queue_size"]
+            leaving = versions_of(old) - versions_of(self._catalog)
+            self._acks = asyncio.get_running_loop().create_task(self._ack(self._acks, leaving, h["n"]))
             assert self._connected is not None
             self._connected.set()
+
+    async def _ack(self, previous: asyncio.Task | None, leaving: set[tuple[str, int]], n: int) -> None:
+        if previous is not None:
+            await previous
+        if leaving:
+            await self.released(leaving, self._drain_timeout_s)
+        if self._link is not None and not self._link.closed:
+            self._link.send(wire.frame({"t": wire.CATALOG_ACK, "n": n}))
 
     def _on_lost(self, link: wire.Link, exc: Exception | None) -> None:
         self.lost = True
@@ -120,9 +137,9 @@ class RemoteEngine(Engine):
     def admit(self, model: ModelInfo, size: int = 1) -> None:
         self._check_link()
         queued = self._depth.get((model.name, model.version), 0)
-        if queued + size > self._max_queue_size:
+        if queued + size > model.max_queue_size:
             raise QueueFull(
-                f"model '{model.name}' queue is full ({queued} of {self._max_queue_size} sequences "
+                f"model '{model.name}' queue is full ({queued} of {model.max_queue_size} sequences "
                 "waiting); retry later"
             )
 
@@ -140,8 +157,17 @@ class RemoteEngine(Engine):
         return await self.call("stats", models=[[m.name, m.version] for m in models])
 
     async def call(self, op: str, **args: Any) -> Any:
-        """A control call (statistics, and later load/unload), answered by the engine's loop."""
+        """A control call (index, load, unload), answered by the engine's loop."""
         return await self._ask({"t": wire.CALL, "op": op, "args": args})
+
+    async def index(self) -> list[dict[str, str]]:
+        return await self.call("index")
+
+    async def load(self, name: str) -> None:
+        await self.call("load", name=name)
+
+    async def unload(self, name: str) -> None:
+        await self.call("unload", name=name)
 
     async def _ask(self, header: dict[str, Any], arrays: list | None = None) -> Any:
         link = self._check_link()

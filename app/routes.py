@@ -1,7 +1,8 @@
 """HTTP endpoints of the KServe v2 / Open Inference Protocol, plus /metrics.
 
 Thin on purpose: errors are raised, never built here (``errors`` maps them); inference itself
-lives in ``inference`` (decode -> batcher -> encode), served ahead of this router.
+lives in ``inference`` (decode -> batcher -> encode), served ahead of this router, and model
+lifecycle in the engine (``engine`` -> ``lifecycle``), whatever process it runs in.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse, Response
 
 from . import __version__, inference, protocol, schema
-from .catalog import ModelInfo
+from .catalog import ModelInfo, versions_of
 from .config import Settings
+from .errors import InvalidInput
 from .state import ServerState
 
 router = APIRouter()
@@ -48,7 +50,7 @@ async def ready(request: Request) -> Response:
 
 
 # Triton's names of the protocol extensions served (see ``extensions``).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 
 
 @router.get("/v2", tags=["server"], response_model=schema.ServerMetadata)
@@ -154,6 +156,60 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     return response
 
 
+async def _options(request: Request, allowed: set[str]) -> dict:
+    """The optional JSON body of a repository call (tritonclient sends none, ``{}`` or
+    ``{"parameters": {...}}``); parameters this server cannot honour are refused by name."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    unknown = sorted(k for k in params if k not in allowed)
+    if unknown:
+        raise InvalidInput(f"unsupported parameter(s) {unknown}: models load from the repository as they are "
+                           "(put per-model settings in <repository>/<model>/settings.json)")
+    return doc
+
+
+@router.post("/v2/repository/index", tags=["repository"], responses=schema.responses(400))
+async def repository_index(request: Request) -> Response:
+    """Every version in the repository, loaded or not: ``[{"name", "version", "state",
+    "reason"}]`` (states LOADING, READY, UNLOADING, UNAVAILABLE); ``{"ready": true}`` lists the
+    READY ones only."""
+    doc = await _options(request, set())
+    entries = await _state(request).engine.index()
+    if doc.get("ready") is True:
+        entries = [e for e in entries if e["state"] == "READY"]
+    return _json(entries)
+
+
+@router.post("/v2/repository/models/{name}/load", tags=["repository"], responses=schema.responses(400, 403, 404))
+async def load_model(request: Request, name: str) -> Response:
+    """Re-read ``<repository>/<name>/`` and serve what its version policy selects; 200 ``{}``
+    once it serves. A version that cannot be served refuses the whole load (400) and what
+    served keeps serving. 403 with ``model_control_mode=none``."""
+    await _options(request, set())
+    await _state(request).engine.load(name)
+    return _json({})
+
+
+@router.post("/v2/repository/models/{name}/unload", tags=["repository"], responses=schema.responses(400, 403, 404))
+async def unload_model(request: Request, name: str) -> Response:
+    """Stop serving every version of ``name``; 200 ``{}`` once its queues drained."""
+    await _options(request, {"unload_dependents"})
+    await _state(request).engine.unload(name)
+    return _json({})
+
+
 @router.get(METRICS, tags=["metrics"], response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
-    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    state = _state(request)
+    served = {(n, str(v)) for n, v in versions_of(state.engine.catalog())}
+    return Response(state.metrics.exposition(served), media_type=CONTENT_TYPE_LATEST)

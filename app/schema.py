@@ -181,11 +181,15 @@ INFER_OPENAPI: dict[str, Any] = {
 
 _ERROR_TEXT: dict[int, str] = {
     400: "Malformed request or input that does not fit the model; the message names the field.",
+    401: "A token is configured and the request's Bearer credential is missing or wrong.",
+    403: "Model load/unload while model_control_mode=none.",
     404: "Unknown model or version.",
+    408: "Headers or body not complete within body_timeout_s.",
     413: "Body (after decompression) larger than max_request_bytes.",
     415: "Content-Encoding other than gzip, deflate or identity.",
     500: "ONNX Runtime failed on the batch this request ran in.",
     501: "A protocol extension this server does not implement; the message names it.",
+    409: "A chunk for a sequence_id that ended or was evicted.",
     503: "Queue full, model not ready or server draining; see Retry-After.",
     504: "Not answered within request_timeout_s.",
 }

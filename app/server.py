@@ -152,5 +152,5 @@ def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | 
     the server-wide count of open connections."""
     logs.setup(settings.log_level)
     connections.COUNT = count
-    engine = RemoteEngine(engine_address) if engine_address else None
+    engine = RemoteEngine(engine_address, drain_timeout_s=settings.drain_timeout_s) if engine_address else None
     _run(create_app(settings, engine), settings, sock)

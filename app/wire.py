@@ -28,7 +28,8 @@ MAX_FRAME = 1 << 31  # a frame larger than this is a corrupt stream, not a messa
 
 # Message kinds (header key "t").
 HELLO = "hello"  # worker -> engine: {"pid"}
-CATALOG = "catalog"  # engine -> worker: {"models": catalog_to_wire(...), "max_queue_size"}
+CATALOG = "catalog"  # engine -> worker: {"models": catalog_to_wire(...), "n" (publication number)}
+CATALOG_ACK = "ca"  # worker -> engine: {"n"}: no request of mine holds a version catalog n removed
 STATUS = "status"  # engine -> worker: {"ready"}
 SUBMIT = "s"  # worker -> engine: {"i", "m", "v", "o"[, "q": [sequence id, start, end]]} + arrays x, lengths[, h, c]
 CANCEL = "x"  # worker -> engine: {"i"}

@@ -20,7 +20,9 @@ checkpoint formats (export):
 
 every export is verified against PyTorch on ragged batches (max abs error <= --tolerance) and
 written atomically as REPOSITORY/NAME/VERSION/model.onnx with its model card model.json beside it.
---fp16/--int8 write each variant as its own next version after the fp32 one.
+--fp16/--int8 write each variant as its own next version after the fp32 one. Unversioned
+requests keep going to the fp32 version (the exporter pins it as default_version in
+REPOSITORY/NAME/settings.json); --variant-default makes the (last) variant the default instead.
 
 examples:
   lstm-export export ckpt.pt --repository models --name traffic --int8
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8", action="store_true",
                     help="also write an int8 variant (ONNX Runtime dynamic quantisation, for CPUs) "
                          "as the next version, with its error and speed")
+    ex.add_argument("--variant-default", action="store_true",
+                    help="make the variant (with --fp16/--int8; the last one written) what unversioned "
+                         "requests get; by default they keep getting the fp32 version")
     ex.add_argument("--allow-pickle", action="store_true",
                     help="allow checkpoints that are pickled modules (torch.save(model)); runs code "
                          "from the file, so only for files you trust")
@@ -156,9 +161,10 @@ def _run(args: argparse.Namespace) -> int:
                           feature_names=names, **_options(args))
             name = args.name or args.checkpoint.stem
             paths = [export_model(model, args.repository, name, args.version, **common)]
-            for precision, wanted in (("fp16", args.fp16), ("int8", args.int8)):
-                if wanted:
-                    paths.append(export_model(model, args.repository, name, precision=precision, **common))
+            variants = [p for p, wanted in (("fp16", args.fp16), ("int8", args.int8)) if wanted]
+            for i, precision in enumerate(variants):
+                default = args.variant_default and i == len(variants) - 1
+                paths.append(export_model(model, args.repository, name, precision=precision, default=default, **common))
     except VerificationError as exc:
         print(f"lstm-export: verification failed: max error {exc.max_error:.3g} > tolerance "
               f"{exc.tolerance:g}\n{exc}", file=sys.stderr)

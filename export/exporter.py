@@ -5,6 +5,14 @@ Layout: ``repository/<name>/<version>/model.onnx`` (one self-contained file) and
 the same directory, every file fsynced, and then renamed into place in one step, so a server
 scanning the repository sees either no version or a complete one. An existing version is never
 overwritten.
+
+What unversioned requests get: the newest version, unless the model's ``settings.json``
+(``app.model_settings``) pins ``default_version``. A new fp32 export becomes the default (as a
+retrained model should); an int8 or fp16 *variant* does not, unless asked (``default=True``,
+``lstm-export --variant-default``): before the variant's directory appears, the exporter pins
+the version that unversioned requests get now, so a server polling the repository never
+switches to the variant. The variant is still loaded and served at its versioned path (the
+pinned default is always loaded, and the version policy selects the variant).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import onnx
 import torch
 
 from app import contract as C
+from app import model_settings
 
 from . import __version__, card as card_mod, ortrun
 from .errors import ExportError
@@ -136,6 +145,7 @@ def export_model(
     card_extra: Mapping[str, Any] | None = None,
     seed: int = 0,
     verbose: bool = False,
+    default: bool | None = None,
 ) -> Path:
     """Export ``model`` to ``repository/name/version/model.onnx``, verified; return that path.
 
@@ -148,7 +158,9 @@ def export_model(
     against per-sequence PyTorch (float32). ``card_latency``: measure ONNX Runtime latency at
     batch 1 and 64 for ``reference_length`` steps (``latency_runs`` runs each). ``card_extra``:
     merged into the model card (e.g. ``{"evaluation": {...}}``). ``version``: next free integer
-    when ``None``; an existing version is an error.
+    when ``None``; an existing version is an error. ``default``: whether unversioned requests
+    get this version once written; ``None`` means yes for fp32 and no for a variant (see the
+    module's docstring).
 
     Raises :class:`UnsupportedModelError`, :class:`VerificationError` or :class:`ExportError`.
     """
@@ -258,11 +270,37 @@ def export_model(
     def card_bytes(v: int) -> bytes:
         return (json.dumps({**card, "version": v}, indent=2, default=_json_default) + "\n").encode()
 
+    becomes_default = precision == "fp32" if default is None else default
+    if not becomes_default:
+        keep_default(model_dir)
     target = write_version(model_dir, version, {MODEL_FILE: data, CARD_FILE: card_bytes})
+    if becomes_default:
+        move_default(model_dir, int(target.name))
     path = target / MODEL_FILE
     if verbose:
         print(card_mod.format_card({**card, "version": int(target.name), "path": str(path)}))
     return path
+
+
+def _served_versions(model_dir: Path) -> list[int]:
+    return [v for v in existing_versions(model_dir) if (model_dir / str(v) / MODEL_FILE).is_file()]
+
+
+def keep_default(model_dir: Path) -> None:
+    """Pin what unversioned requests get now (the pinned version, else the newest), so that a
+    version written next does not take over. Nothing to pin for a model with no version yet."""
+    doc = model_settings.read_raw(model_dir)
+    current = _served_versions(model_dir)
+    if doc.get("default_version") is None and current:
+        model_settings.write(model_dir, {**doc, "default_version": current[-1]})
+
+
+def move_default(model_dir: Path, version: int) -> None:
+    """Make ``version`` what unversioned requests get: a pinned default moves to it (without a
+    pin, the newest version is the default already)."""
+    doc = model_settings.read_raw(model_dir)
+    if doc.get("default_version") is not None and doc["default_version"] != version:
+        model_settings.write(model_dir, {**doc, "default_version": version})
 
 
 def _json_default(value: Any) -> Any:

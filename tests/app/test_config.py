@@ -27,6 +27,11 @@ def test_invalid_settings_are_refused_with_the_field_named() -> None:
         Settings(max_batch_size=64, max_queue_size=8)
     with pytest.raises(ValidationError, match="providers"):
         Settings(providers="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="model_control_mode=explicit needs engine=shared"):
+        Settings(workers=2, engine="per_worker", model_control_mode="explicit")
+    with pytest.raises(ValidationError, match="model_control_mode"):
+        Settings(model_control_mode="auto")  # type: ignore[arg-type]
+    assert Settings(workers=2, engine="per_worker", model_control_mode="poll").repository_poll_s == 15.0
 
 
 def test_cli_flags_override_and_help_lists_every_setting() -> None:

@@ -129,7 +129,7 @@ def test_full_queue_is_503_with_retry_after_and_a_late_request_is_504(strict: Se
     t = threading.Thread(target=lambda: waiting.append(valid(strict, n=1)))
     t.start()  # one row waits (5 s delay, no dispatch when idle) for a second row
     deadline = time.monotonic() + 5
-    while 'lstm_serve_queue_depth{model="uni"} 1.0' not in strict.metrics():
+    while 'lstm_serve_queue_depth{model="uni",version="1"} 1.0' not in strict.metrics():
         assert time.monotonic() < deadline, "request never queued"
         time.sleep(0.02)
     refused = valid(strict, n=2)

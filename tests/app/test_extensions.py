@@ -78,7 +78,7 @@ def test_the_config_is_enough_to_drive_the_model(server: Server, reference: Refe
 
 def test_server_metadata_lists_the_served_extensions(server: Server) -> None:
     meta = client(server).get_server_metadata()
-    assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(meta["extensions"])
+    assert {"binary_tensor_data", "model_configuration", "statistics", "model_repository"} <= set(meta["extensions"])
 
 
 UNSUPPORTED_CALLS = {
@@ -89,10 +89,7 @@ UNSUPPORTED_CALLS = {
     "system shared memory": lambda c: c.get_system_shared_memory_status(),
     "system shared memory (register)": lambda c: c.register_system_shared_memory("r", "/key", 8),
     "CUDA shared memory": lambda c: c.get_cuda_shared_memory_status(),
-    "model repository": lambda c: c.get_model_repository_index(),
-    "model repository (load)": lambda c: c.load_model("uni"),
-    "model repository (unload)": lambda c: c.unload_model("uni"),
-}
+}  # the model repository extension is served: tests/app/test_lifecycle.py
 
 
 @pytest.mark.parametrize("call", list(UNSUPPORTED_CALLS))

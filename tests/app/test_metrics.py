@@ -157,7 +157,7 @@ def sent(metrics_server: Server) -> Sent:
     while True:
         text = metrics_server.metrics()
         busy = [_value(text, "lstm_serve_inflight_requests")] + [
-            _value(text, "lstm_serve_queue_depth", model=m) for m in MODELS
+            _value(text, "lstm_serve_queue_depth", model=m, version="1") for m in MODELS
         ]
         if all(v == 0 for v in busy) or time.monotonic() > deadline:
             break
@@ -239,31 +239,31 @@ def test_sequences_batches_and_queue_match_the_traffic(sent: Sent) -> None:
     sequences = {dict(k)["model"]: v for k, v in _samples(fams["lstm_serve_sequences"], "_total").items()}
     assert sequences == {"uni": sent.sequences["uni"], "bi": sent.sequences["bi"], "demo": 0}
     for model in MODELS:
-        _, bsum, batches = _hist(fams["lstm_serve_batch_size"], model=model)
+        _, bsum, batches = _hist(fams["lstm_serve_batch_size"], model=model, version="1")
         assert bsum == sequences[model], f"{model}: batch_size sum {bsum} != sequences {sequences[model]}"
-        _, _, inferences = _hist(fams["lstm_serve_inference_duration_seconds"], model=model)
-        _, _, paddings = _hist(fams["lstm_serve_padding_ratio"], model=model)
+        _, _, inferences = _hist(fams["lstm_serve_inference_duration_seconds"], model=model, version="1")
+        _, _, paddings = _hist(fams["lstm_serve_padding_ratio"], model=model, version="1")
         assert inferences == batches == paddings, f"{model}: one observation per batch in each histogram"
-        _, qsum, queued = _hist(fams["lstm_serve_queue_duration_seconds"], model=model)
+        _, qsum, queued = _hist(fams["lstm_serve_queue_duration_seconds"], model=model, version="1")
         assert queued == sent.ok.get(model, 0), f"{model}: queue_duration count {queued} != successful requests"
         assert qsum >= 0
     # bi only ever got one-sequence requests: a batch > 1 means the batcher merged requests.
-    buckets, _, batches = _hist(fams["lstm_serve_batch_size"], model="bi")
+    buckets, _, batches = _hist(fams["lstm_serve_batch_size"], model="bi", version="1")
     le1 = dict(buckets)[1.0]
     assert le1 < batches, f"every one of {batches} bi batches had one sequence under 64 concurrent clients"
     assert batches < sent.ok["bi"]
-    _, isum, icount = _hist(fams["lstm_serve_inference_duration_seconds"], model="uni")
+    _, isum, icount = _hist(fams["lstm_serve_inference_duration_seconds"], model="uni", version="1")
     assert icount > 0 and 0 < isum / icount < 10
 
 
 def test_padding_ratio_is_a_fraction_and_seen_for_ragged_rows(sent: Sent) -> None:
     fam = _families(sent.text)["lstm_serve_padding_ratio"]
     for model in ("uni", "bi"):
-        buckets, total, count = _hist(fam, model=model)
+        buckets, total, count = _hist(fam, model=model, version="1")
         assert count > 0
         assert dict(buckets)[1.0] == count, f"{model}: a padding ratio above 1"
         assert 0 <= total <= count
-    buckets, total, count = _hist(fam, model="uni")
+    buckets, total, count = _hist(fam, model="uni", version="1")
     # Four single-request batches of lengths [9, 1, 5] alone already waste 12/27 of the steps.
     assert dict(buckets)[0.0] < count and total > 0, "ragged rows were sent but no padding was recorded"
 
@@ -289,13 +289,13 @@ def test_buckets_span_100us_to_10s_and_powers_of_two_to_max_batch(sent: Sent) ->
         "lstm_serve_queue_duration_seconds",
         "lstm_serve_inference_duration_seconds",
     ):
-        labels = {"model": "uni", "code": "200"} if name.startswith("lstm_serve_request") else {"model": "uni"}
+        labels = {"model": "uni", "code": "200"} if name.startswith("lstm_serve_request") else {"model": "uni", "version": "1"}
         les = [le for le, _ in _hist(fams[name], **labels)[0]]
         assert les[-1] == math.inf
         finite = les[:-1]
         assert finite[0] == 0.0001 and finite[-1] == 10.0, f"{name} buckets {finite}"
         assert finite == sorted(set(finite)) and len(finite) >= 8
-    les = [le for le, _ in _hist(fams["lstm_serve_batch_size"], model="uni")[0]]
+    les = [le for le, _ in _hist(fams["lstm_serve_batch_size"], model="uni", version="1")[0]]
     assert les == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, float(MAX_BATCH), math.inf]
 
 

@@ -163,4 +163,4 @@ def test_concurrent_clients_are_batched_and_every_answer_is_exact(server: Server
             worst = max(worst, float(np.abs(row - want).max()))
     assert worst <= TOL, f"batched answers differ from single-sequence answers by {worst}"
     metrics = server.metrics()
-    assert 'lstm_serve_batch_size_bucket{le="1.0",model="uni"}' in metrics
+    assert 'lstm_serve_batch_size_bucket{le="1.0",model="uni",version="1"}' in metrics

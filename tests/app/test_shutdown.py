@@ -32,7 +32,7 @@ def test_sigterm_drains_every_accepted_request(model_repo: Path, reference: Refe
     with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
         futures = [pool.submit(call, x) for x in xs]
         deadline = time.monotonic() + 10
-        while f'lstm_serve_queue_depth{{model="uni"}} {len(xs)}.0' not in srv.metrics():
+        while f'lstm_serve_queue_depth{{model="uni",version="1"}} {len(xs)}.0' not in srv.metrics():
             assert time.monotonic() < deadline, "requests never all queued"
             time.sleep(0.02)
         t0 = time.monotonic()

@@ -84,11 +84,11 @@ def test_ragged_concurrent_requests_are_exact_and_counted_once(two_workers: Serv
         rows = sum(len(ln) for m, _, ln in jobs if m == model)
         got = counter(after, "lstm_serve_requests_total", model=model, code="200")
         assert got - counter(before, "lstm_serve_requests_total", model=model, code="200") == sent
-        seqs = counter(after, "lstm_serve_sequences_total", model=model) - counter(before, "lstm_serve_sequences_total", model=model)
+        seqs = counter(after, "lstm_serve_sequences_total", model=model, version="1") - counter(before, "lstm_serve_sequences_total", model=model, version="1")
         assert seqs == rows
     served_by = Counter(d["pid"] for d in two_workers.log_lines() if d.get("logger") == "lstm_serve.access")
     assert len(served_by) == 2, f"one worker served everything: {served_by}"
-    assert "lstm_serve_queue_depth{model=\"uni\"} 0.0" in after
+    assert "lstm_serve_queue_depth{model=\"uni\",version=\"1\"} 0.0" in after
 
 
 def test_batches_form_across_workers(model_repo: Path, tmp_path: Path) -> None:
@@ -125,8 +125,10 @@ def _queue_requests(srv: Server, xs: list[np.ndarray]) -> tuple[concurrent.futur
     pool = concurrent.futures.ThreadPoolExecutor(len(xs))
     futures = [pool.submit(httpx.post, f"{srv.url}/v2/models/uni/infer", json=body(x), timeout=30) for x in xs]
     deadline = time.monotonic() + 10
-    while f'lstm_serve_queue_depth{{model="uni"}} {len(xs)}.0' not in srv.metrics():
-        assert time.monotonic() < deadline, "requests never all queued"
+    while f'lstm_serve_queue_depth{{model="uni",version="1"}} {len(xs)}.0' not in srv.metrics():
+        if time.monotonic() > deadline:
+            srv.stop()  # no server left behind when the machine was too slow to queue them in time
+            raise AssertionError("requests never all queued")
         time.sleep(0.02)
     return pool, futures
 

@@ -29,7 +29,7 @@ def cli(*args, check=True):
 def test_help_documents_every_option():
     out = cli("export", "--help").stdout
     for option in ("--repository", "--name", "--version", "--config", "--task", "--normalization",
-                   "--feature-names", "--fp16", "--int8", "--allow-pickle", "--tolerance",
+                   "--feature-names", "--fp16", "--int8", "--variant-default", "--allow-pickle", "--tolerance",
                    "--no-card-latency", "--reference-length", "--latency-runs"):
         assert option in out, option
     assert "--max-steps" in cli("demo", "--help").stdout
@@ -74,6 +74,8 @@ def test_cli_export_with_variants(tmp_path):
                     assert comparison["reason"]
             assert spec.input_shapes() == C.ModelSpec.from_metadata(specs["fp32"]).input_shapes()
     assert specs["fp32"][C.META_WEIGHTS_SHA256] == specs["int8"][C.META_WEIGHTS_SHA256]
+    # The variants do not take over unversioned requests: fp32 stays the default version.
+    assert json.loads((repo / "traffic" / "settings.json").read_text()) == {"default_version": 1}
 
 
 def test_cli_verification_failure_exits_nonzero_with_max_error(tmp_path):
