@@ -145,7 +145,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--model", choices=("bench", "tiny"), default="bench", help="tiny: the smoke test's model")
+    ap.add_argument("--layout", action="append", default=[], metavar="NAME=JSON",
+                    help='another layout to measure, e.g. \'3 workers={"workers": 3}\' (repeatable)')
     args = ap.parse_args()
+    for spec in args.layout:
+        name, _, settings = spec.partition("=")
+        LAYOUTS[name] = json.loads(settings)
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaleout.json").write_text(json.dumps(res, indent=1))
