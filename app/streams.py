@@ -35,7 +35,7 @@ import numpy as np
 from . import contract
 from .batcher import Batcher, Completed
 from .config import Settings
-from .errors import SequenceEnded, ServingError, ShuttingDown, TooManySequences, UnknownSequence
+from .errors import InvalidInput, SequenceEnded, ServingError, ShuttingDown, TooManySequences, UnknownSequence
 from .metrics import Metrics
 from .sequences import Job, Sequences
 
@@ -70,6 +70,9 @@ class Streams:
         self.live: dict[Key, _Stream] = {}
         self._gone: OrderedDict[Key, str] = OrderedDict()
         self._closing = False
+        # With per-worker engines a sequence's next chunk may reach another worker, which would
+        # not know it: refuse server-kept state there rather than answer from the wrong state.
+        self._refused = settings.workers > 1 and settings.engine == "per_worker"
 
     # -- accepting chunks --------------------------------------------------------------------
     def enqueue(self, job: Job) -> asyncio.Future:
@@ -77,6 +80,10 @@ class Streams:
         of its sequence that arrived before it."""
         ctl = job.stream
         assert ctl is not None
+        if self._refused:
+            raise InvalidInput("server-kept state (sequence_id) needs engine=shared or workers=1: with "
+                               "engine=per_worker a sequence's chunks may reach different workers; carry "
+                               "the state in the client (initial_h/final_h) instead")
         if self._closing:
             raise ShuttingDown("server is shutting down; retry on another replica")
         key: Key = (job.model, *ctl.key)

@@ -117,15 +117,19 @@ def report(res: dict) -> str:
              f"v2 JSON, one 50-step sequence per request (model `{res['model']}`: bench = 3x128, 8 features).", ""]
     for rnd in res["rounds"]:
         lines += [f"## Round {rnd['round']}", "",
-                  "| layout | c=32 req/s | p50 ms | p99 ms | machine busy | server cores | CPU ms/req | mean batch c=32 | mean batch c=128 | c=1 p50 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| layout | c=32 req/s | p50 ms | p99 ms | machine busy | server cores | CPU ms/req | mean batch c=32 "
+                  "| c=128 req/s | busy c=128 | mean batch c=128 | c=1 p50 ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, d in rnd["layouts"].items():
-            c = d["c32"]
+            c, h = d["c32"], d["c128"]
             lines.append(f"| {name} | {c['req_s']:.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['machine_busy']:.0%} | "
                          f"{c['server_cores']:.2f} | {c['server_cpu_ms_per_req']:.3f} | {c['mean_batch']:.1f} | "
-                         f"{d['c128']['mean_batch']:.1f} | {d['c1']['p50_ms']:.2f} |")
+                         f"{h['req_s']:.0f} | {h['machine_busy']:.0%} | {h['mean_batch']:.1f} | {d['c1']['p50_ms']:.2f} |")
         r = rnd["ratios"]
+        at128 = {n: d["c128"]["req_s"] for n, d in rnd["layouts"].items()}
         lines += ["", f"raw ONNX Runtime batch 1 p50: {rnd['raw_b1_p50_ms']}",
+                  f"at 128 connections: shared / one process **{at128['shared engine'] / at128['one process']:.2f}x**, "
+                  f"shared / two copies {at128['shared engine'] / at128['two copies']:.2f}",
                   f"shared / one process: **{r['shared_vs_one']:.2f}x**; shared / two copies: **{r['shared_vs_copies']:.2f}**; "
                   f"two copies / one process: {r['copies_vs_one']:.2f}x",
                   f"IPC cost: {r['ipc_cpu_us_per_req_vs_copies']:.0f} CPU-us per request against two copies at c=32; "
@@ -139,6 +143,9 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":  # re-render a saved run: --report RESULTS.json
+        print(report(json.loads(Path(sys.argv[2]).read_text())))
+        return
     ap = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds at 32 connections")

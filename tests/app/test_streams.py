@@ -247,3 +247,12 @@ def test_model_metadata_says_the_model_keeps_state(srv: Server) -> None:
     bi = httpx.get(f"{srv.url}/v2/models/bi").json()["parameters"]
     assert uni["stateful"] is True and uni["sequence_batching"]["parameters"] == ["sequence_id", "sequence_start", "sequence_end"]
     assert bi["stateful"] is False and "sequence_batching" not in bi
+
+
+def test_per_worker_engines_refuse_server_kept_state(repo: Path, tmp_path: Path) -> None:
+    server = start_server(repo, tmp_path, workers=2, engine="per_worker")
+    try:
+        r = httpx.post(f"{server.url}/v2/models/uni/infer", json=chunk_body(np.ones((1, 3, FEATURES), np.float32), 1, True))
+        assert r.status_code == 400 and "engine=shared" in r.json()["error"], r.text
+    finally:
+        server.stop()
