@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import zlib
 
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from .errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding
 
 # Content-Encoding -> zlib wbits: gzip's header and trailer, or zlib's (RFC 1950, what HTTP's
@@ -70,3 +73,27 @@ def _inflate(data: bytes, wbits: int, coding: str, limit: int) -> bytes:
         raise InvalidInput(f"request body is truncated {coding} data")
     out.append(tail)
     return b"".join(out)
+
+
+class ResponseCompression:
+    """Starlette's GZipMiddleware, entered only by requests that accept gzip.
+
+    Measured under load (py-spy, 32 clients): wrapping every request in GZipMiddleware cost
+    about 5 % of the server's CPU (building a Headers mapping and an identity responder per
+    request) although no benchmark or tritonclient default asks for gzip; a scan of the raw
+    header list costs a fraction of that.
+    """
+
+    def __init__(self, app: ASGIApp, minimum_size: int) -> None:
+        self.app = app
+        self.gzip = GZipMiddleware(app, minimum_size=minimum_size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == b"accept-encoding":
+                    if b"gzip" in value.lower():
+                        await self.gzip(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)

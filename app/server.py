@@ -22,9 +22,18 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
-from starlette.middleware.gzip import GZipMiddleware
 
-from . import __version__, auth, connections, docs, extensions, logs, startup, supervisor
+from . import (
+    __version__,
+    auth,
+    connections,
+    docs,
+    extensions,
+    logs,
+    startup,
+    supervisor,
+)
+from .compression import ResponseCompression
 from .config import Settings
 from .connections import OpenConnections, uvicorn_options
 from .engine import Engine, LocalEngine
@@ -75,7 +84,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     # Starlette makes the last added the outermost: the observer sees every request, the fast
     # path answers inference requests before FastAPI's router, gzip compresses either's answer.
     app.add_middleware(InferenceFastPath, state=state)
-    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes)
+    app.add_middleware(ResponseCompression, minimum_size=settings.gzip_min_bytes)
     # token, name/version rules and the body deadline, before any endpoint
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
     app.add_middleware(RequestObserver, metrics=state.metrics, access_log=settings.access_log)
