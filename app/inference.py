@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import compression, decoding, names, protocol
+from . import compression, decoding, protocol
 from .contract import ContractError
 from .errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
 from .protocol import Limits
@@ -69,7 +69,6 @@ async def infer(
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
-    names.check(name, version)  # the guard checked the raw path; in-process callers too
     engine = state.engine
     model = engine.model(name, version)
     info["model"] = model.name
