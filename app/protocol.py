@@ -105,8 +105,8 @@ def _parse_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     return doc, binary
 
 
-def _parameters(raw: Any, where: str) -> dict[str, Any]:
-    """A ``parameters`` member: absent or an object."""
+def parameters(raw: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` member: absent or an object (inference and repository requests)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -162,7 +162,7 @@ def _tensor(
         raise InvalidInput(f"input '{name}' has datatype {datatype!r}; the model expects {expected}")
     dtype = V2_DTYPES[expected]
     count = math.prod(shape)
-    params = _parameters(entry.get("parameters"), f"input '{name}'")
+    params = parameters(entry.get("parameters"), f"input '{name}'")
     size = params.get("binary_data_size")
     if size is not None and "data" in entry:
         raise InvalidInput(
@@ -222,7 +222,7 @@ def json_values(data: Any, name: object, expected: str) -> np.ndarray:
 
 
 def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str, ...], frozenset[str]]:
-    params = _parameters(doc.get("parameters"), "request")
+    params = parameters(doc.get("parameters"), "request")
     all_binary = bool(_flag(params, "binary_data_output", "request"))
     raw = doc.get("outputs")
     if raw is None:
@@ -241,7 +241,7 @@ def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str,
             raise InvalidInput(f"unknown output {name!r}; this model has {list(spec.output_names)}")
         if name not in names:
             names.append(name)
-        own = _flag(_parameters(out.get("parameters"), f"output '{name}'"), "binary_data", f"output '{name}'")
+        own = _flag(parameters(out.get("parameters"), f"output '{name}'"), "binary_data", f"output '{name}'")
         if own if own is not None else all_binary:  # the output's own setting wins
             binary.add(name)
     return tuple(names), frozenset(binary)

@@ -168,9 +168,7 @@ async def _options(request: Request, allowed: set[str]) -> dict:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("'parameters' must be a JSON object")
+    params = protocol.parameters(doc.get("parameters"), "request")
     unknown = sorted(k for k in params if k not in allowed)
     if unknown:
         raise InvalidInput(f"unsupported parameter(s) {unknown}: models load from the repository as they are "
