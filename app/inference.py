@@ -6,7 +6,9 @@ FastAPI's routing, dependency solving and exception layers between the middlewar
 endpoint, more than decoding and encoding together. ``InferenceFastPath`` answers
 ``POST /v2/models/{name}[/versions/{v}]/infer`` itself and passes everything else on. The
 FastAPI route of the same path stays, for the OpenAPI document and for in-process clients, and
-calls the same :func:`infer`.
+calls the same :func:`infer`. There is one route table: the fast path matches with the compiled
+patterns of the router's own inference routes (:func:`fast_paths`), so a path changed there
+changes here.
 
 The order of checks keeps overload cheap: a request is refused before its body is decoded, but
 only after it is read (answering before reading resets the client's connection).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,7 +32,6 @@ from .state import ServerState
 
 # The request headers inference reads (the fast path copies only these out of the scope).
 REQUEST_HEADERS = ("content-length", protocol.HEADER_LENGTH, "content-encoding")
-INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
 
@@ -112,25 +113,46 @@ async def infer(
     return payload, out
 
 
-class InferenceFastPath:
-    """ASGI middleware: answers inference requests directly, passes everything else on."""
+def fast_paths(routes: Iterable[Any], endpoints: Iterable[Any]) -> list[re.Pattern[str]]:
+    """The compiled path patterns of the router's POST routes served by ``endpoints``
+    (Starlette's ``path_regex``, with named groups ``name`` and, where versioned, ``version``)."""
+    wanted = set(endpoints)
+    found = [r.path_regex for r in routes
+             if getattr(r, "endpoint", None) in wanted and "POST" in (getattr(r, "methods", None) or ())]
+    if len(found) != len(wanted):
+        raise RuntimeError(f"the inference fast path found {len(found)} routes for {len(wanted)} endpoints")
+    return found
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+
+class InferenceFastPath:
+    """ASGI middleware: answers inference requests directly, passes everything else on.
+
+    ``paths``: the inference routes' patterns, from the router (:func:`fast_paths`)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, paths: list[re.Pattern[str]]) -> None:
         self.app = app
         self.state = state
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = INFER_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            for pattern in self.paths:
+                match = pattern.match(path)
+                if match is not None:
+                    break
         if match is None:
             await self.app(scope, receive, send)
             return
+        params = match.groupdict()
         wanted = {}
         for key, value in scope["headers"]:
             if key == b"content-length" or key == b"inference-header-content-length" or key == b"content-encoding":
                 wanted[key.decode()] = value.decode("latin-1")
         info = scope.setdefault("state", {})
         try:
-            body, headers = await infer(self.state, match[1], match[2], receive, wanted, info)
+            body, headers = await infer(self.state, params["name"], params.get("version"), receive, wanted, info)
             status = 200
         except (ServingError, ContractError) as exc:
             err = render(exc)

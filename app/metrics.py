@@ -110,6 +110,7 @@ class Metrics:
 
     def __init__(self, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
         r = self.registry
         p = PREFIX
         self.request_duration = Histogram(
@@ -188,9 +189,15 @@ class Metrics:
         self.model_info.remove(name, version, provider)
 
     def observe_request(self, model: str, code: int, seconds: float) -> None:
-        c = str(code)
-        self.request_duration.labels(model, c).observe(seconds)
-        self.requests.labels(model, c).inc()
+        # Children looked up once per (model, code): ``labels()`` costs more than the update
+        # itself, and both label sets are bounded (repository names, HTTP codes).
+        children = self._request_children.get((model, code))
+        if children is None:
+            c = str(code)
+            children = self._request_children[(model, code)] = (
+                self.request_duration.labels(model, c), self.requests.labels(model, c))
+        children[0].observe(seconds)
+        children[1].inc()
 
     def enable_gpu(self) -> None:
         """Add NVML gauges (device memory, utilisation) when a GPU serves; absent on CPU."""

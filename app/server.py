@@ -30,6 +30,7 @@ from . import (
     docs,
     extensions,
     logs,
+    routes,
     startup,
     supervisor,
 )
@@ -39,7 +40,7 @@ from .connections import OpenConnections, uvicorn_options
 from .engine import Engine, LocalEngine
 from .errors import install_handlers
 from .guard import RequestGuard
-from .inference import InferenceFastPath
+from .inference import InferenceFastPath, fast_paths
 from .metrics import Metrics
 from .middleware import RequestObserver
 from .remote import RemoteEngine
@@ -83,7 +84,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     docs.install(app)
     # Starlette makes the last added the outermost: the observer sees every request, the fast
     # path answers inference requests before FastAPI's router, gzip compresses either's answer.
-    app.add_middleware(InferenceFastPath, state=state)
+    app.add_middleware(InferenceFastPath, state=state,
+                       paths=fast_paths(router.routes, (routes.infer, routes.infer_latest)))
     app.add_middleware(ResponseCompression, minimum_size=settings.gzip_min_bytes)
     # token, name/version rules and the body deadline, before any endpoint
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
