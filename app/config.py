@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     0.70-0.86 ms). Before that, when FastAPI's router took a fifth of the CPU, one thread won
     (1479 against 1385 seq/s)."""
 
+    small_batch_max_size: int = Field(1, ge=0, le=4096)
+    """Batches of at most this many sequences run on a second, one-thread session of the same
+    model when a CPU session has more than one intra-op thread: for a small batch the hand-off
+    between threads at every time step costs more than it saves (batch 1, 2 cores, no spinning:
+    2.08 ms at two threads against 1.13-1.30 ms at one). One process, lone client, five
+    alternated A/B pairs: p50 2.66-3.29 against 3.33-4.37 ms, 2.6-3.3 against 4.2-5.2 CPU-ms a
+    request; 4 and 32 clients unchanged within the noise. 0: one session (half the model
+    memory). Not used on CUDA."""
+
     allow_spinning: bool = False
     """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs
     (2.6 against 1.7 CPU-ms per request for a lone client, 1.06 against 0.73 at 32 clients,

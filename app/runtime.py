@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
-from .contract import ContractError, ModelSpec
+from .contract import SEQUENCE_LENS, ContractError, ModelSpec
 
 log = logging.getLogger("lstm_serve.runtime")
 
@@ -51,18 +51,17 @@ class Runtime:
 
     def __init__(self, path: Path, settings: Settings) -> None:
         ort = _ort()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = settings.ort_threads
-        opts.inter_op_num_threads = 1
-        opts.enable_cpu_mem_arena = settings.cpu_mem_arena
-        opts.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
-        )
-        opts.log_severity_level = 3
         requested = choose_providers(settings.providers)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
+        self.session = ort.InferenceSession(str(path), sess_options=_options(settings, settings.ort_threads),
+                                            providers=requested)
         self.provider: str = self.session.get_providers()[0]
+        # A one-thread session for small batches (``small_batch_max_size``): same graph, same
+        # outputs, only the intra-op threading differs.
+        self.small_batch_max_size = 0
+        self._small = None
+        if self.provider == CPU and settings.ort_threads != 1 and settings.small_batch_max_size > 0:
+            self._small = ort.InferenceSession(str(path), sess_options=_options(settings, 1), providers=[CPU])
+            self.small_batch_max_size = settings.small_batch_max_size
         if settings.providers == "cuda" and self.provider != CUDA:
             raise RuntimeError(f"{path}: CUDA was asked for but the session runs on {self.provider}")
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -86,4 +85,19 @@ class Runtime:
             )
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, self.session.run(outputs, feeds)))
+        session = self.session
+        if self._small is not None and len(feeds[SEQUENCE_LENS]) <= self.small_batch_max_size:
+            session = self._small
+        return dict(zip(outputs, session.run(outputs, feeds)))
+
+
+def _options(settings: Settings, threads: int):  # type: ignore[no-untyped-def]
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = settings.cpu_mem_arena
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    opts.log_severity_level = 3
+    return opts
