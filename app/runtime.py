@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,13 +56,6 @@ class Runtime:
         self.session = ort.InferenceSession(str(path), sess_options=_options(settings, settings.ort_threads),
                                             providers=requested)
         self.provider: str = self.session.get_providers()[0]
-        # A one-thread session for small batches (``small_batch_max_size``): same graph, same
-        # outputs, only the intra-op threading differs.
-        self.small_batch_max_size = 0
-        self._small = None
-        if self.provider == CPU and settings.ort_threads != 1 and settings.small_batch_max_size > 0:
-            self._small = ort.InferenceSession(str(path), sess_options=_options(settings, 1), providers=[CPU])
-            self.small_batch_max_size = settings.small_batch_max_size
         if settings.providers == "cuda" and self.provider != CUDA:
             raise RuntimeError(f"{path}: CUDA was asked for but the session runs on {self.provider}")
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -74,6 +68,13 @@ class Runtime:
                 f"{path} is an fp16 artifact, made for CUDA, but the session runs on {self.provider}; "
                 "serve its fp32 or int8 version here (LSTM_SERVE_MODEL_VERSIONS)"
             )
+        # A one-thread session for small batches (``small_batch_max_size``): same graph, same
+        # outputs, only the intra-op threading differs.
+        self.small_batch_max_size = 0
+        self._small: Any = None
+        if self.provider == CPU and settings.ort_threads != 1 and settings.small_batch_max_size > 0:
+            self._small = ort.InferenceSession(str(path), sess_options=_options(settings, 1), providers=[CPU])
+            self.small_batch_max_size = settings.small_batch_max_size
 
     def _check_io(self, path: Path) -> None:
         inputs = tuple(i.name for i in self.session.get_inputs())
@@ -91,7 +92,8 @@ class Runtime:
         return dict(zip(outputs, session.run(outputs, feeds)))
 
 
-def _options(settings: Settings, threads: int):  # type: ignore[no-untyped-def]
+def _options(settings: Settings, threads: int) -> Any:
+    """Session options from the settings, at ``threads`` intra-op threads."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
