@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from .config import Settings
-from .server import serve
-from .startup import run
+from app.cli import help_text
+from app.config import Settings
+from app.server import serve
+from app.startup import run
 
 
 def _start() -> None:
@@ -19,6 +20,9 @@ def _start() -> None:
 
 
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        sys.stdout.write(help_text())
+        sys.exit(0)
     sys.exit(run(_start))
 
 

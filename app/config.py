@@ -8,12 +8,15 @@ Defaults are the values measured to serve best on a small CPU machine (see bench
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LSTM_SERVE_"
+# The word that leaves an optional setting unset, as a flag or an environment variable
+# (``--intra-op-threads none``); pydantic's ``null`` is not something a user should need to know.
+NONE = "none"
 # The repository shipped with the project (the demo model), found from this file rather than
 # the working directory, so a bare `lstm-serve` works from anywhere in a checkout.
 SHIPPED_REPOSITORY = Path(__file__).resolve().parents[1] / "models"
@@ -113,7 +116,7 @@ class Settings(BaseSettings):
     the process exits within this time. Keep the pod's terminationGracePeriodSeconds above
     preStop + this value."""
 
-    # --- hostile and careless clients (issue 15: app/guard.py, app/connections.py, app/auth.py)
+    # --- hostile and careless clients (issue 15: app/http/guard.py, app/http/connections.py, app/http/auth.py)
     body_timeout_s: float = Field(15.0, gt=0.0)
     """Longest a client may take to send a whole request, headers and body, counted from its
     first byte. Past it the request gets 408 and its connection is closed, so a stalled upload
@@ -183,6 +186,17 @@ class Settings(BaseSettings):
     """Answers at least this long are gzip-compressed for clients that send
     ``Accept-Encoding: gzip``; shorter ones cost more CPU to compress than they save."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _none_unsets(cls, data: object) -> object:
+        """``none`` (any case) unsets every setting that can be unset."""
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, str) and value.strip().lower() == NONE and (f.default is None or _optional(f.annotation)):
+                    data[name] = None
+        return data
+
     @field_validator("model_repository", mode="before")
     @classmethod
     def _default_repository(cls, value: object) -> object:
@@ -223,12 +237,5 @@ class Settings(BaseSettings):
         return self
 
 
-def settings_table() -> str:
-    """The README's configuration table, generated from the fields above (a test keeps the
-    README in step: ``python -c 'from app.config import settings_table; print(settings_table())'``)."""
-    rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
-    for name, f in Settings.model_fields.items():
-        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
-        text = " ".join((f.description or "").split()).replace("``", "`").replace("|", "\\|")
-        rows.append(f"| `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` | `{default}` | {text} |")
-    return "\n".join(rows)
+def _optional(annotation: object) -> bool:
+    return type(None) in get_args(annotation)

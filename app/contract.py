@@ -227,7 +227,7 @@ def feeds(
 ) -> dict[str, np.ndarray]:
     """The graph's feeds for rows ``x`` [batch, time, features]: full lengths and a fresh state
     unless given. Everything that runs an artifact outside the server (verification, tests,
-    benchmarks) builds its feeds here; the server pads several requests (``app.padding``)."""
+    benchmarks) builds its feeds here; the server pads several requests (``app.engine.padding``)."""
     batch, time = x.shape[0], x.shape[1]
     out = {
         INPUT: np.asarray(x, dtype=INPUT_DTYPE),

@@ -19,34 +19,33 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from . import (
-    __version__,
-    auth,
-    connections,
-    docs,
-    extensions,
-    logs,
-    routes,
-    startup,
-    supervisor,
-)
-from .compression import ResponseCompression
-from .config import Settings
-from .connections import OpenConnections, uvicorn_options
-from .engine import Engine, LocalEngine
-from .errors import install_handlers
-from .guard import RequestGuard
-from .inference import InferenceFastPath, fast_paths
-from .metrics import Metrics
-from .middleware import RequestObserver
-from .remote import RemoteEngine
-from .routes import router
-from .runtime import CUDA
-from .state import ServerState
+from app import __version__
+from app.http import auth
+from app.http import connections
+from app.http import docs
+from app.http import extensions
+from app import logs
+from app.http import routes
+from app import startup
+from app.processes import supervisor
+from app.http.compression import ResponseCompression
+from app.config import Settings
+from app.http.connections import OpenConnections, uvicorn_options
+from app.engine.engine import Engine, LocalEngine
+from app.http.errors import install_handlers
+from app.http.guard import RequestGuard
+from app.http.inference import InferenceFastPath, fast_paths
+from app.metrics import Metrics
+from app.http.middleware import RequestObserver
+from app.processes.remote import RemoteEngine
+from app.http.routes import router
+from app.engine.runtime import CUDA
+from app.http.state import ServerState
 
 log = logging.getLogger("lstm_serve.server")
 
@@ -142,7 +141,7 @@ def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
         access_log=False,
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
-        **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/connections.py)
+        **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/http/connections.py)
     )
     _Server(config, app.state.server).run(sockets=[sock])
 
@@ -153,15 +152,15 @@ def serve(settings: Settings) -> None:
     logs.setup(settings.log_level)
     sock = startup.bind(settings.host, settings.port)  # a taken port fails before models load
     if settings.workers > 1:
-        raise SystemExit(supervisor.run(settings, sock))
+        raise SystemExit(supervisor.run(settings, sock, serve_worker))
     _run(create_app(settings), settings, sock)
 
 
-def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None, count: OpenConnections) -> None:
+def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None, slots: Any, index: int) -> None:
     """One HTTP worker process on the supervisor's socket: a client of the engine process
     (``engine=shared``) or its own in-process engine (``per_worker``); ``count`` is its slot in
-    the server-wide count of open connections."""
+    the server-wide count of open connections (``slots``, a shared array, at ``index``)."""
     logs.setup(settings.log_level)
-    connections.COUNT = count
+    connections.COUNT = OpenConnections(slots, index)
     engine = RemoteEngine(engine_address, drain_timeout_s=settings.drain_timeout_s) if engine_address else None
     _run(create_app(settings, engine), settings, sock)

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from .config import ENV_PREFIX
-from .contract import ContractError
-from .repository import RepositoryError
+from app.config import ENV_PREFIX
+from app.contract import ContractError
 
 USAGE = 2  # exit status of a bad setting
 FAILURE = 1  # exit status of anything else that stops the start
@@ -28,7 +27,8 @@ PROG = "lstm-serve"
 
 
 class StartupError(RuntimeError):
-    """Stops the start; the message already says what to do."""
+    """Stops the start; the message already says what to do. Lower layers subclass it (the
+    engine's ``RepositoryError``) so that this module needs none of them."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,10 +73,8 @@ def message(exc: BaseException) -> tuple[str, int] | None:
                 USAGE,
             )
         return f"invalid setting: {exc}; see {PROG} --help", USAGE
-    if isinstance(exc, RepositoryError):
-        if str(exc).startswith("model repository"):  # missing, or holds no model
-            return f"{exc}; point --model-repository / {ENV_PREFIX}MODEL_REPOSITORY at one", FAILURE
-        return str(exc), FAILURE
+    if isinstance(exc, StartupError) and str(exc).startswith("model repository"):  # missing, or holds no model
+        return f"{exc}; point --model-repository / {ENV_PREFIX}MODEL_REPOSITORY at one", FAILURE
     if isinstance(exc, StartupError | ContractError):
         return str(exc), FAILURE
     return None

@@ -31,7 +31,7 @@ def timed(fn, seconds: float) -> tuple[float, float]:  # type: ignore[no-untyped
 def main() -> None:
     import onnxruntime as ort
 
-    from app import contract  # stdlib + numpy only (the device has no server deps)
+    from app import contract  # stdlib + numpy only(the device has no server deps)
     from app.contract import ModelSpec
 
     ap = argparse.ArgumentParser()

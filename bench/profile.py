@@ -19,13 +19,13 @@ from pathlib import Path
 # (cost centre, pattern on "function (file:line)"), most specific first; matched leaf to root.
 CENTRES: list[tuple[str, re.Pattern[str]]] = [
     ("ONNX Runtime (session.run)", re.compile(r"onnxruntime")),
-    ("batch glue: pad / split (app.padding, app.model)", re.compile(r"app/(padding|model)\.py")),
-    ("decode request (orjson + numpy)", re.compile(r"^(decode_request|_parse_header|_tensor|_sequences|_shape|_requested_outputs) .*app/protocol\.py")),
-    ("encode response (orjson)", re.compile(r"^encode_response .*app/protocol\.py")),
+    ("batch glue: pad / split (app.engine.padding, app.engine.model)", re.compile(r"app/engine/(padding|model)\.py")),
+    ("decode request (orjson + numpy)", re.compile(r"^(decode_request|_parse_header|_tensor|_sequences|_shape|_requested_outputs) .*app/(http/codec|v2/request)\.py")),
+    ("encode response (orjson)", re.compile(r"^encode_response .*app/(http/codec|v2/request)\.py")),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
     ("access log (logging + JSON)", re.compile(r"logging/|app/logs\.py")),
-    ("batcher (app.batcher)", re.compile(r"app/batcher\.py")),
-    ("route + middleware (app.inference, app.routes, app.middleware)", re.compile(r"app/(inference|routes|middleware|errors|repository|state)\.py")),
+    ("batcher (app.engine.batcher)", re.compile(r"app/engine/batcher\.py")),
+    ("route + middleware (app.http.inference, app.http.routes, app.http.middleware)", re.compile(r"app/(http/(inference|routes|middleware|guard|compression|state|errors)|v2/errors|engine/repository)\.py")),
     ("FastAPI / Starlette", re.compile(r"fastapi/|starlette/|anyio/|pydantic")),
     ("uvicorn HTTP (httptools)", re.compile(r"uvicorn/")),
     ("worker threads (concurrent.futures)", re.compile(r"concurrent/futures|threading\.py")),

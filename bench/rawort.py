@@ -5,7 +5,7 @@
 
 A case ``BxK`` runs ``InferenceSession.run`` on batches of ``B`` sequences from ``K`` threads
 sharing one session (the server runs ``max_batches_in_flight`` batches at once on one session).
-Feeds are built exactly as the server builds them (``app.padding.merge``), and only ``output``
+Feeds are built exactly as the server builds them (``app.engine.padding.merge``), and only ``output``
 is fetched, as the bench's requests ask. Prints one JSON object: per case the sequences/s, the
 p50 of one call and the process's CPU-ms per sequence (``time.process_time``: every thread).
 A config key left out keeps ONNX Runtime's default (``{}`` is ORT's defaults throughout).
@@ -38,8 +38,8 @@ def session(model: str, config: dict, providers: list[str]):  # type: ignore[no-
 
 def feeds_for(sess, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     from app.contract import ModelSpec
-    from app.padding import merge
-    from app.sequences import Sequences
+    from app.engine.padding import merge
+    from app.v2.sequences import Sequences
 
     spec = ModelSpec.from_metadata(dict(sess.get_modelmeta().custom_metadata_map))
     x = rng.standard_normal((batch, length, spec.input_size)).astype(np.float32)

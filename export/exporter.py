@@ -7,7 +7,7 @@ scanning the repository sees either no version or a complete one. An existing ve
 overwritten.
 
 What unversioned requests get: the newest version, unless the model's ``settings.json``
-(``app.model_settings``) pins ``default_version``. A new fp32 export becomes the default (as a
+(``app.engine.model_settings``) pins ``default_version``. A new fp32 export becomes the default (as a
 retrained model should); an int8 or fp16 *variant* does not, unless asked (``default=True``,
 ``lstm-export --variant-default``): before the variant's directory appears, the exporter pins
 the version that unversioned requests get now, so a server polling the repository never
@@ -35,7 +35,7 @@ import onnx
 import torch
 
 from app import contract as C
-from app import model_settings
+from app.engine import model_settings
 
 from . import __version__, card as card_mod, ortrun
 from .errors import ExportError

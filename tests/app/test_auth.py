@@ -12,9 +12,9 @@ import pytest
 import tritonclient.http as triton
 from pydantic import ValidationError
 
-from app.auth import BearerAuth, TokenError, load_token, protects
+from app.http.auth import BearerAuth, TokenError, load_token, protects
 from app.config import Settings
-from app.errors import Unauthorized
+from app.v2.errors import Unauthorized
 from tests.conftest import Server, start_server
 from tests.rawhttp import exchange, request_bytes
 

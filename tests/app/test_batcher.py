@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from app.batcher import Batcher
-from app.errors import InferenceFailed, QueueFull, ShuttingDown
+from app.engine.batcher import Batcher
+from app.v2.errors import InferenceFailed, QueueFull, ShuttingDown
 from app.metrics import Metrics
 
 

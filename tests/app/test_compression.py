@@ -13,8 +13,8 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
-from app.compression import decode_body
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding
+from app.http.compression import decode_body
+from app.v2.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding
 from tests.conftest import Reference, Server
 
 TOL = 1e-5

@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from app import decoding, protocol
+from app.http import decoding
+from app.http import codec
 from app.contract import ModelSpec
-from app.errors import InvalidInput
-from app.protocol import Limits
+from app.v2.errors import InvalidInput
+from app.v2.request import Limits
 
 LIMITS = Limits(max_batch_size=64, max_sequence_length=1_000_000)
 
@@ -40,7 +41,7 @@ def both(raw: bytes, spec: ModelSpec, limits: Limits = LIMITS) -> tuple[object, 
             return exc.message
 
     return run(lambda: decoding.decode_request(raw, None, spec, limits)), run(
-        lambda: protocol.decode_request(raw, None, spec, limits))
+        lambda: codec.decode_request(raw, None, spec, limits))
 
 
 def same(a: object, b: object) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app import routes
-from app.inference import fast_paths
+from app.http import routes
+from app.http.inference import fast_paths
 
 
 def test_fast_path_patterns_are_the_routers_inference_routes() -> None:

@@ -385,7 +385,7 @@ def test_per_model_settings_policy_default_version_and_batching(
 
 def test_settings_file_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
     from app.config import Settings
-    from app.model_settings import ModelSettingsError, read
+    from app.engine.model_settings import ModelSettingsError, read
 
     server = Settings(max_batch_size=8, max_queue_size=16)
     (tmp_path / "settings.json").write_text('{"version_policy": {"latest": {}, "all": {}}}')
@@ -432,7 +432,7 @@ def test_unload_answers_once_the_queue_drained_and_every_queued_request_is_answe
 
 
 def test_version_policies_select_as_tritons_do() -> None:
-    from app.model_settings import ModelSettings
+    from app.engine.model_settings import ModelSettings
 
     def select(doc: dict, available: list[int]) -> list[int]:
         policy = ModelSettings.model_validate({"version_policy": doc}).version_policy
@@ -462,3 +462,29 @@ def test_a_models_own_queue_size_refuses_past_it(repo: Path, tmp_path: Path, wor
             assert first.result().status_code == 200
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_name_with_a_leading_underscore_follows_the_one_name_rule(
+    versions_pool: Path, repo: Path, tmp_path: Path, workers: int
+) -> None:
+    """``_x9`` is a valid name for the URL guard, so it is one for discovery and the load and
+    unload calls too (one rule, ``app.v2.names``): discovered at start, loaded, unloaded, served."""
+    shutil.copytree(versions_pool / "m" / "1", repo / "_x0" / "1")  # at start: discovered
+    srv = start_server(repo, tmp_path / "logs", workers=workers, model_control_mode="explicit")
+    try:
+        assert index(srv)[("_x0", "1")] == ("READY", "")
+        shutil.copytree(versions_pool / "m" / "2", repo / "_x9" / "1")  # at run time: loaded by the API
+        resp = load(srv, "_x9")
+        assert resp.status_code == 200, resp.text
+        assert index(srv)[("_x9", "1")] == ("READY", "")
+        answer = httpx.post(srv.url + "/v2/models/_x9/infer", json=body(), timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(output(answer), expected(repo / "_x9" / "1" / "model.onnx"), atol=1e-5)
+        resp = httpx.post(f"{srv.url}/v2/repository/models/_x9/unload", timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert index(srv)[("_x9", "1")][0] == "UNAVAILABLE"
+        bad = load(srv, ".x9")  # the rule still refuses what it refuses, naming it
+        assert bad.status_code == 400 and "model names match" in bad.json()["error"]
+    finally:
+        assert srv.stop() == 0

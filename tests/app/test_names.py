@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from app import names
-from app.errors import InvalidInput
+from app.http import paths
+from app.v2 import names
+from app.v2.errors import InvalidInput
 from tests.conftest import Server
 from tests.rawhttp import exchange, request_bytes
 
@@ -53,7 +54,7 @@ def test_bad_versions_are_refused_naming_the_rule(version: str) -> None:
     ],
 )
 def test_raw_paths_are_split_before_decoding(raw: bytes, want: tuple[str, str | None] | None) -> None:
-    assert names.from_raw_path(raw) == want
+    assert paths.from_raw_path(raw) == want
 
 
 # Every endpoint that addresses a model, present (metadata, ready, infer) or added by other

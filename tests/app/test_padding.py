@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import padding
+from app.engine import padding
 from app.config import Settings
-from app.sequences import Sequences
-from app.runtime import Runtime
+from app.v2.sequences import Sequences
+from app.engine.runtime import Runtime
 from tests.conftest import Reference
 
 

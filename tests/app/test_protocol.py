@@ -12,8 +12,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from app.contract import ModelSpec
-from app.errors import InvalidInput
-from app.protocol import Limits, decode_request, encode_response
+from app.v2.errors import InvalidInput
+from app.v2.request import Limits
+from app.http.codec import decode_request, encode_response
 from tests.conftest import Reference, Server
 
 SPEC = ModelSpec("many_to_one", input_size=2, hidden_size=4, num_layers=3, output_size=1)

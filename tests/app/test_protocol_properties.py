@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from app import contract
 from app.contract import ModelSpec
-from app.errors import InvalidInput
-from app.protocol import V2_DTYPES, Limits, decode_request
+from app.v2.errors import InvalidInput
+from app.http.codec import decode_request
+from app.v2.request import V2_DTYPES, Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.repository import RepositoryError, discover
+from app.engine.repository import RepositoryError, discover
 from tests.conftest import ROOT, free_port, start_server
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app import padding
+from app.engine import padding
 from app.config import Settings
-from app.runtime import Runtime
-from app.sequences import Sequences
+from app.engine.runtime import Runtime
+from app.v2.sequences import Sequences
 from tests.conftest import Reference
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.scheduling import OldestClosestLength
+from app.engine.scheduling import OldestClosestLength
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from app.stats import ModelStats
+from app.engine.stats import ModelStats
 from tests.conftest import Server, start_server
 
 PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from app import wire
+from app.processes import wire
 
 
 class Transport:

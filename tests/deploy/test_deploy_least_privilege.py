@@ -30,7 +30,7 @@ UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "
 
 
 def _server_modules() -> list[Path]:
-    return sorted((ROOT / "app").glob("*.py"))
+    return sorted((ROOT / "app").rglob("*.py"))
 
 
 def test_server_code_never_unpickles() -> None:
@@ -54,7 +54,7 @@ def test_server_code_never_unpickles() -> None:
 
 
 def test_the_server_loads_only_onnx_artifacts() -> None:
-    from app import repository
+    from app.engine import repository
 
     assert repository.ARTIFACT.endswith(".onnx")
     sessions = [p.name for p in _server_modules() if "InferenceSession(" in p.read_text()]
@@ -133,7 +133,7 @@ def test_api_key_component_mounts_the_secret_read_only(overlay_with_auth: list[d
     assert [i["path"] for i in secret["items"]] == [path.name]
     assert secret["defaultMode"] & 0o007 == 0, "the token file is not world-readable"
     # the probes stay on open paths, the ServiceMonitor on /metrics (both without credentials)
-    from app.auth import protects
+    from app.http.auth import protects
 
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert not protects(container[probe]["httpGet"]["path"]), probe

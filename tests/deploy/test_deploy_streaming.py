@@ -1,5 +1,5 @@
 """k8s/streaming: the ingress that keeps a sequence's chunks on one pod renders, validates
-strictly, hashes on the header the README tells clients to send, and reaches the Service."""
+strictly, hashes on the header docs/streaming.md tells clients to send, and reaches the Service."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_it_hashes_on_the_documented_header_and_routes_to_the_service() -> None:
     (ingress,) = render("streaming")
     hashed = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"]
     assert hashed == "$http_" + HEADER.lower().replace("-", "_")
-    assert HEADER in (ROOT / "README.md").read_text()
+    assert HEADER in (ROOT / "docs" / "streaming.md").read_text()
     service = next(o for o in render(CPU) if o["kind"] == "Service")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == service["metadata"]["name"]

@@ -1,0 +1,256 @@
+"""The REST codec of the Open Inference Protocol: JSON tensors and the binary tensor extension.
+
+What a request means once its tensors are arrays (names, datatypes, limits, sequences, stream
+parameters) is :mod:`app.v2.request`, shared with every other transport; this module only reads
+and writes the HTTP body.
+
+Decoding turns a raw request body into typed numpy tensors checked against the model's
+contract; encoding turns output tensors into a response body. Both stay off pydantic and out
+of Python loops over floats: on two cores the HTTP and decode cost competes with inference
+itself, so bodies are parsed with orjson and tensors built with numpy (``np.asarray`` for JSON
+data, ``np.frombuffer`` for binary data).
+
+Binary tensor data (Triton's extension, the default of ``tritonclient.http``): the JSON header
+is followed by the raw little-endian bytes of each tensor that declares
+``parameters.binary_data_size``, in input order; the request header
+``Inference-Header-Content-Length`` gives the JSON header's length. Outputs are returned the
+same way when asked for with ``parameters.binary_data`` on a requested output or
+``binary_data_output`` on the request; as in Triton, the output's own setting wins.
+
+Strict where a lenient decoder would guess: flags must be JSON booleans, ``data`` JSON numbers
+(integers for INT32), ``parameters`` objects, and an input gives exactly one of ``data`` and
+``parameters.binary_data_size``; anything else is refused with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app import contract
+from app.contract import ModelSpec
+from app.v2 import request
+from app.v2.errors import InvalidInput
+from app.v2.request import V2_DTYPES, V2_NAMES, InferRequest, Limits
+
+__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "decode_document",
+           "decode_request", "encode_response", "json_values"]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+def _parse_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput(
+                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 < n <= len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes"
+            )
+        json_part, binary = body[:n], memoryview(body)[n:]
+    else:
+        json_part, binary = body, memoryview(b"")
+    if not json_part:
+        raise InvalidInput("request body is empty; expected a KServe v2 inference request")
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object with an 'inputs' list")
+    return doc, binary
+
+
+_NUMBER_TYPES = frozenset({float, int})
+_INT_TYPES = frozenset({int})
+
+
+def _only(data: list[Any], allowed: frozenset[type]) -> bool:
+    """Whether nested lists hold only values of the ``allowed`` types (``bool`` is not ``int``
+    here: ``type(True) is bool``). One C-level pass per innermost list."""
+    types = set(map(type, data))
+    if types <= allowed:
+        return True
+    return types == {list} and all(_only(d, allowed) for d in data)
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers, got {raw!r}")
+    return tuple(raw)
+
+
+def _tensor(
+    entry: dict[str, Any], binary: memoryview, offset: int, spec: ModelSpec
+) -> tuple[str, np.ndarray, int]:
+    """Decode one input entry; returns (name, array, new binary offset)."""
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput("every input needs a string 'name'")
+    shape = _shape(entry.get("shape"), name)
+    datatype = entry.get("datatype")
+    expected, dtype = request.check_input(name, datatype, spec)
+    count = math.prod(shape)
+    params = request.parameters(entry.get("parameters"), f"input '{name}'")
+    size = params.get("binary_data_size")
+    if size is not None and "data" in entry:
+        raise InvalidInput(
+            f"input '{name}' has both 'data' and parameters.binary_data_size; give exactly one"
+        )
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+        if size != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input '{name}': binary_data_size {size} does not match shape {list(shape)} "
+                f"of {expected} ({count * dtype.itemsize} bytes)"
+            )
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"input '{name}': binary_data_size {size} runs past the {len(binary) - offset} "
+                "binary bytes left in the body"
+            )
+        arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
+        return name, arr.reshape(shape), offset + size
+    if "data" not in entry:
+        raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+    data = entry["data"]
+    # An ndarray here was already parsed strictly, in slices, by ``decoding`` (large bodies).
+    arr = data if isinstance(data, np.ndarray) else json_values(data, name, expected)
+    if arr.size != count:
+        raise InvalidInput(
+            f"input '{name}': 'data' has {arr.size} elements but shape {list(shape)} needs {count}"
+        )
+    return name, arr.reshape(shape), offset
+
+
+def json_values(data: Any, name: object, expected: str) -> np.ndarray:
+    """A JSON ``data`` value (flat or nested list, or a lone number) as an array of the protocol
+    datatype ``expected``, refusing anything but JSON numbers (integers for INT types)."""
+    dtype = V2_DTYPES[expected]
+    if not isinstance(data, list):
+        data = [data]  # a lone number; its count is checked against the shape by the caller
+    try:
+        raw = np.asarray(data)  # numpy finds the values' type: strings and nulls show in raw.dtype
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{name}': 'data' is not a {expected} array: {exc}") from None
+    allowed = "fiu" if dtype.kind == "f" else "iu"
+    # A JSON boolean among numbers becomes 0.0 or 1.0 in ``raw``; only then is it worth
+    # looking at every value's type (one C-level pass per innermost list).
+    suspect = raw.size and (raw.dtype.kind not in allowed or ((raw == 0) | (raw == 1)).any())
+    if suspect and not (raw.dtype.kind in allowed and _only(data, _NUMBER_TYPES if dtype.kind == "f" else _INT_TYPES)):
+        kind = "JSON numbers" if dtype.kind == "f" else "JSON integers"
+        raise InvalidInput(
+            f"input '{name}': 'data' is not a {expected} array: it must hold only {kind} "
+            "(no strings, booleans or nulls)"
+        )
+    if dtype.kind != "f" and raw.size and (raw.min() < np.iinfo(dtype).min or raw.max() > np.iinfo(dtype).max):
+        raise InvalidInput(f"input '{name}': 'data' holds values outside the {expected} range")
+    with np.errstate(over="ignore"):  # out-of-range floats become inf, refused later
+        return raw.astype(dtype, copy=False)
+
+
+def _requested_outputs(doc: dict[str, Any], spec: ModelSpec) -> tuple[tuple[str, ...], frozenset[str]]:
+    params = request.parameters(doc.get("parameters"), "request")
+    all_binary = bool(request.flag(params, "binary_data_output", "request"))
+    raw = doc.get("outputs")
+    if raw is None:
+        names = spec.output_names
+        return names, frozenset(names) if all_binary else frozenset()
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    names: list[str] = []
+    binary: set[str] = set()
+    for out in raw:
+        name = request.check_output(out.get("name") if isinstance(out, dict) else None, spec)
+        if name not in names:
+            names.append(name)
+        own = request.flag(request.parameters(out.get("parameters"), f"output '{name}'"), "binary_data", f"output '{name}'")
+        if own if own is not None else all_binary:  # the output's own setting wins
+            binary.add(name)
+    return tuple(names), frozenset(binary)
+
+
+def decode_request(
+    body: bytes, header_length: str | None, spec: ModelSpec, limits: Limits
+) -> InferRequest:
+    """Decode and check one inference request against the model; raises InvalidInput."""
+    doc, binary = _parse_header(body, header_length)
+    return decode_document(doc, binary, spec, limits)
+
+
+def check_declared_limits(inputs: Any, limits: Limits) -> None:
+    """Refuse an ``input`` whose *declared* shape breaks max_batch_size or max_sequence_length,
+    before its data is turned into an array (``app.http.decoding`` calls it before parsing data)."""
+    for entry in inputs if isinstance(inputs, list) else ():
+        shape = entry.get("shape") if isinstance(entry, dict) and entry.get("name") == contract.INPUT else None
+        if isinstance(shape, list) and len(shape) == 3 and all(type(d) is int for d in shape):
+            request.check_limits(shape[0], shape[1], limits)
+
+
+def decode_document(
+    doc: dict[str, Any], binary: memoryview, spec: ModelSpec, limits: Limits
+) -> InferRequest:
+    """Decode a request whose JSON is already parsed (``data`` may already be a numpy array:
+    ``app.http.decoding`` parses large bodies in slices); raises InvalidInput."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("request needs a non-empty 'inputs' list")
+    check_declared_limits(inputs, limits)
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in inputs:
+        if not isinstance(entry, dict):
+            raise InvalidInput("each item of 'inputs' must be an object")
+        name, arr, offset = _tensor(entry, binary, offset, spec)
+        if name in tensors:
+            raise InvalidInput(f"input '{name}' is given twice")
+        tensors[name] = arr
+    if offset != len(binary):
+        raise InvalidInput(
+            f"body has {len(binary) - offset} binary bytes that no input's binary_data_size claims"
+        )
+    outputs, binary_outputs = _requested_outputs(doc, spec)
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise InvalidInput("'id' must be a string")
+    sequences = request.to_sequences(tensors, spec, limits)
+    stream = request.stream_control(doc.get("parameters"), spec, sequences)
+    return InferRequest(req_id, sequences, outputs, binary_outputs, stream)
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: dict[str, np.ndarray],
+    binary_outputs: frozenset[str],
+) -> tuple[bytes, int | None]:
+    """Encode outputs; returns (body, JSON header length when binary data follows, else None)."""
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in outputs.items():
+        arr = np.ascontiguousarray(arr)
+        entry: dict[str, Any] = {"name": name, "datatype": V2_NAMES[arr.dtype], "shape": list(arr.shape)}
+        if name in binary_outputs:
+            raw = arr.tobytes()  # the outputs are native float32, little-endian on x86 and arm64
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = arr.reshape(-1)
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

@@ -1,0 +1,178 @@
+"""Connection-level limits that uvicorn lacks: how many, and how long before a request starts.
+
+Found by trying: uvicorn (0.55, httptools) arms no timer on a new connection, so a client that
+connects and sends nothing, or half a request line, holds its socket for ever; its own
+``limit_concurrency`` counts tasks as well as connections, answers in plain text and lets one
+fewer connection in than it says. :class:`GuardedHttpProtocol` (a small subclass of uvicorn's
+httptools protocol) adds, per connection:
+
+- an idle deadline from the moment it opens (uvicorn's keep-alive timer, ``keep_alive_timeout_s``,
+  which uvicorn itself only arms after a response);
+- one deadline per request, ``body_timeout_s`` from its first byte to its last (a single timer,
+  nothing per body chunk): headers still incomplete get 408 ``{"error"}`` here and the
+  connection is closed; a late body is flagged in the ASGI scope, and ``guard`` makes the
+  endpoint's next ``receive`` raise :class:`~app.v2.errors.BodyTimeout` (408 through
+  ``app.v2.errors``, ``Connection: close``), so metrics and logs see the 408 too;
+- at most ``max_connections`` open at once: the next one's request gets 503 ``{"error"}`` with
+  Retry-After and ``Connection: close``;
+- a JSON ``{"error"}`` instead of uvicorn's plain-text 400 for a request it cannot parse.
+
+:func:`uvicorn_options` is the one place that turns settings into uvicorn options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.config import Settings
+from app.http.errors import error_response
+
+
+class OpenConnections:
+    """Open connections of the whole server: with several HTTP workers each counts its own in
+    its slot of a shared array (the supervisor zeroes a dead worker's slot), and the cap applies
+    to the sum, so ``max_connections`` means the same whatever ``workers`` is."""
+
+    def __init__(self, slots: Any = None, index: int = 0) -> None:
+        self.slots, self.index = slots, index
+
+    def opened(self, local: int) -> int:
+        """Record this process's count; the server-wide total."""
+        if self.slots is None:
+            return local
+        self.slots[self.index] = local
+        return sum(self.slots)
+
+    def closed(self, local: int) -> None:
+        if self.slots is not None:
+            self.slots[self.index] = local
+
+
+COUNT = OpenConnections()  # a worker replaces it with its shared slot (``server.serve_worker``)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` keyword arguments for connection handling (one place, so every
+    worker process gets the same)."""
+    return {
+        "http": protocol_class(settings.max_connections, settings.body_timeout_s),
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+    }
+
+
+def _raw_response(status: bytes, message: str) -> bytes:
+    body = orjson.dumps({"error": message})
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+BODY_EXPIRED = "lstm_serve.body_expired"
+"""Scope key set when a request's body is late; ``guard`` turns the app's next receive into 408."""
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with an idle deadline from the start, one deadline for each
+    request's headers and body, and a cap on open connections. Configure through
+    :func:`protocol_class`."""
+
+    max_connections: int = 1024
+    request_timeout_s: float = 15.0
+    _timer: asyncio.TimerHandle | None = None
+    _in_body: bool = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if COUNT.opened(len(self.connections)) > self.max_connections:
+            self.app = _over_capacity(self.max_connections)
+        # Idle until the first byte, as between keep-alive requests: same timer, same handler
+        # (data_received cancels it).
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    # One timer per request, from its first byte to its last (no cost per body chunk).
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._cancel_timer()
+        self._in_body = False
+        self._timer = self.loop.call_later(self.request_timeout_s, self._timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        super().connection_lost(exc)
+        COUNT.closed(len(self.connections))
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers an unparsable request in plain text; the protocol's errors are JSON.
+        message = (
+            "malformed HTTP/1.1 request (request line or headers); bytes outside ASCII in a URL "
+            "must be percent-encoded"
+        )
+        self.transport.write(_raw_response(b"400 Bad Request", message))
+        self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _rearm(self) -> None:
+        self._timer = self.loop.call_later(self.request_timeout_s, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._in_body and cycle is not None:
+            if any(queued is cycle for queued, _ in self.pipeline):
+                self._rearm()  # not started yet: the server, not the client, holds its body back
+            elif cycle.response_complete:
+                self.transport.close()  # answered without its body: the rest is not wanted
+            else:
+                # The endpoint answers (408, through app.v2.errors) at its next receive.
+                cycle.scope[BODY_EXPIRED] = True  # type: ignore[literal-required]
+                cycle.message_event.set()
+            return
+        if cycle is not None and not cycle.response_complete:
+            self._rearm()  # a pipelined request behind one still being answered: never write into it
+            return
+        message = f"request headers not complete within body_timeout_s={self.request_timeout_s:g}"
+        self.transport.write(_raw_response(b"408 Request Timeout", message))
+        self.transport.close()
+
+
+def protocol_class(max_connections: int, request_timeout_s: float) -> type[GuardedHttpProtocol]:
+    """A :class:`GuardedHttpProtocol` with these limits (uvicorn builds one per connection)."""
+    return type(
+        "GuardedHttpProtocol",
+        (GuardedHttpProtocol,),
+        {"max_connections": max_connections, "request_timeout_s": request_timeout_s},
+    )
+
+
+def _over_capacity(limit: int) -> Any:
+    """The ASGI app a connection past the cap is served by: 503, then the connection closes."""
+    response = error_response(
+        503,
+        f"server is at max_connections={limit} open connections; retry shortly",
+        {"Retry-After": "1", "Connection": "close"},
+    )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await response(scope, receive, send)
+
+    return app

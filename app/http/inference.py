@@ -1,0 +1,166 @@
+"""The inference endpoint, served as a lean ASGI handler in front of FastAPI's router.
+
+Why not a plain FastAPI route: on two cores the HTTP path competes with ONNX Runtime for CPU.
+py-spy on the server under 32 clients (bench/results/raw) put about 30 % of all CPU samples in
+FastAPI's routing, dependency solving and exception layers between the middleware and the
+endpoint, more than decoding and encoding together. ``InferenceFastPath`` answers
+``POST /v2/models/{name}[/versions/{v}]/infer`` itself and passes everything else on. The
+FastAPI route of the same path stays, for the OpenAPI document and for in-process clients, and
+calls the same :func:`infer`. There is one route table: the fast path matches with the compiled
+patterns of the router's own inference routes (:func:`fast_paths`), so a path changed there
+changes here.
+
+The order of checks keeps overload cheap: a request is refused before its body is decoded, but
+only after it is read (answering before reading resets the client's connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.http import compression
+from app.http import decoding
+from app.http import codec
+from app.contract import ContractError
+from app.v2.errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
+from app.v2.request import Limits
+from app.v2.sequences import Job
+from app.http.state import ServerState
+
+# The request headers inference reads (the fast path copies only these out of the scope).
+REQUEST_HEADERS = ("content-length", codec.HEADER_LENGTH, "content-encoding")
+_JSON = (b"content-type", b"application/json")
+_BINARY = (b"content-type", b"application/octet-stream")
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def infer(
+    state: ServerState,
+    name: str,
+    version: str | None,
+    receive: Receive,
+    headers: dict[str, str],
+    info: MutableMapping[str, Any],
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Run one inference request; returns (body, response headers). Raises ServingError.
+
+    ``headers`` holds the request's :data:`REQUEST_HEADERS` that were sent;
+    ``info`` (the ASGI scope's state) receives what the access log and metrics report.
+    """
+    if state.draining:
+        raise ShuttingDown("server is shutting down; retry on another replica")
+    engine = state.engine
+    model = engine.model(name, version)
+    info["model"] = model.name
+    info["version"] = model.version
+    # Held until answered: if a swap takes this version out of the catalog meanwhile, it still
+    # serves this request (it drains only once nothing holds it).
+    engine.hold(model)
+    try:
+        limit = state.settings.max_request_bytes
+        body = await read_body(receive, headers.get("content-length"), limit)
+        engine.admit(model)
+        body = compression.decode_body(body, headers.get("content-encoding"), limit)
+        limits = state.limits
+        if limits.max_batch_size != model.max_batch_size:  # the model's own settings.json
+            limits = Limits(model.max_batch_size, limits.max_sequence_length)
+        # large JSON bodies are parsed in slices, the event loop free between them
+        req = await decoding.decode_request(body, headers.get(codec.HEADER_LENGTH), model.spec, limits)
+        timeout = state.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
+        except TimeoutError:
+            raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+    finally:
+        engine.release(model)
+    queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000
+    info["batch_size"] = done.batch_size
+    info["queue_ms"] = round(queue_ms, 3)
+    info["inference_ms"] = round(inference_ms, 3)
+    payload, header_length = codec.encode_response(
+        model.name, str(model.version), req.id, done.result, req.binary_outputs
+    )
+    out = [
+        (b"server-timing", f"queue;dur={queue_ms:.3f}, inference;dur={inference_ms:.3f}".encode()),
+        (b"x-batch-size", str(done.batch_size).encode()),
+    ]
+    if header_length is None:
+        out.append(_JSON)
+    else:
+        out += [(b"inference-header-content-length", str(header_length).encode()), _BINARY]
+    return payload, out
+
+
+def fast_paths(routes: Iterable[Any], endpoints: Iterable[Any]) -> list[re.Pattern[str]]:
+    """The compiled path patterns of the router's POST routes served by ``endpoints``
+    (Starlette's ``path_regex``, with named groups ``name`` and, where versioned, ``version``)."""
+    wanted = set(endpoints)
+    found = [r.path_regex for r in routes
+             if getattr(r, "endpoint", None) in wanted and "POST" in (getattr(r, "methods", None) or ())]
+    if len(found) != len(wanted):
+        raise RuntimeError(f"the inference fast path found {len(found)} routes for {len(wanted)} endpoints")
+    return found
+
+
+class InferenceFastPath:
+    """ASGI middleware: answers inference requests directly, passes everything else on.
+
+    ``paths``: the inference routes' patterns, from the router (:func:`fast_paths`)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState, paths: list[re.Pattern[str]]) -> None:
+        self.app = app
+        self.state = state
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            for pattern in self.paths:
+                match = pattern.match(path)
+                if match is not None:
+                    break
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        params = match.groupdict()
+        wanted = {}
+        for key, value in scope["headers"]:
+            if key == b"content-length" or key == b"inference-header-content-length" or key == b"content-encoding":
+                wanted[key.decode()] = value.decode("latin-1")
+        info = scope.setdefault("state", {})
+        try:
+            body, headers = await infer(self.state, params["name"], params.get("version"), receive, wanted, info)
+            status = 200
+        except (ServingError, ContractError) as exc:
+            err = render(exc)
+            info["error"] = err.message
+            status, body = err.status, err.body
+            headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
