@@ -54,12 +54,12 @@ PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 # name -> (type, labels): the exposition's fixed shape, also what the deployment files may use.
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    f"{PREFIX}_request_duration_seconds": ("histogram", ("model", "code")),
+    f"{PREFIX}_request_duration_seconds": ("histogram", ("model", "code", "protocol")),
     f"{PREFIX}_queue_duration_seconds": ("histogram", ("model", "version")),
     f"{PREFIX}_inference_duration_seconds": ("histogram", ("model", "version")),
     f"{PREFIX}_batch_size": ("histogram", ("model", "version")),
     f"{PREFIX}_padding_ratio": ("histogram", ("model", "version")),
-    f"{PREFIX}_requests_total": ("counter", ("model", "code")),
+    f"{PREFIX}_requests_total": ("counter", ("model", "code", "protocol")),
     f"{PREFIX}_sequences_total": ("counter", ("model", "version")),
     f"{PREFIX}_queue_depth": ("gauge", ("model", "version")),
     f"{PREFIX}_inflight_requests": ("gauge", ()),
@@ -110,12 +110,12 @@ class Metrics:
 
     def __init__(self, max_batch_size: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._request_children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Histogram, Counter]] = {}
         r = self.registry
         p = PREFIX
         self.request_duration = Histogram(
             f"{p}_request_duration_seconds", "Whole inference request, server side.",
-            ["model", "code"], buckets=DURATION_BUCKETS, registry=r,
+            ["model", "code", "protocol"], buckets=DURATION_BUCKETS, registry=r,
         )
         self.queue_duration = Histogram(
             f"{p}_queue_duration_seconds", "Time a request waited in the batcher's queue.",
@@ -134,7 +134,7 @@ class Metrics:
             ["model", "version"], buckets=PADDING_BUCKETS, registry=r,
         )
         self.requests = Counter(
-            f"{p}_requests", "Inference requests answered, by status code.", ["model", "code"], registry=r,
+            f"{p}_requests", "Inference requests answered, by status code.", ["model", "code", "protocol"], registry=r,
         )
         self.sequences = Counter(
             f"{p}_sequences", "Sequences run through the model.", ["model", "version"], registry=r,
@@ -188,14 +188,18 @@ class Metrics:
             family.remove(name, version)
         self.model_info.remove(name, version, provider)
 
-    def observe_request(self, model: str, code: int, seconds: float) -> None:
-        # Children looked up once per (model, code): ``labels()`` costs more than the update
-        # itself, and both label sets are bounded (repository names, HTTP codes).
-        children = self._request_children.get((model, code))
+    def observe_request(self, model: str, code: int, seconds: float, protocol: str = "http") -> None:
+        """One answered inference request. ``code`` is the Open Inference Protocol (HTTP) status
+        of the outcome whatever the transport (a gRPC INVALID_ARGUMENT counts as 400), so one
+        alert on ``code=~"5.."`` covers both; ``protocol`` is ``http`` or ``grpc``."""
+        # Children looked up once per (model, code, protocol): ``labels()`` costs more than the
+        # update itself, and the label sets are bounded (repository names, status codes).
+        key = (model, code, protocol)
+        children = self._request_children.get(key)
         if children is None:
             c = str(code)
-            children = self._request_children[(model, code)] = (
-                self.request_duration.labels(model, c), self.requests.labels(model, c))
+            children = self._request_children[key] = (
+                self.request_duration.labels(model, c, protocol), self.requests.labels(model, c, protocol))
         children[0].observe(seconds)
         children[1].inc()
 

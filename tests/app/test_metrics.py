@@ -217,6 +217,8 @@ def test_every_family_has_its_fixed_type_and_labels_and_nothing_else(sent: Sent)
     assert models <= {*MODELS, ""}, models
     codes = {s.labels["code"] for f in fams.values() for s in f.samples if "code" in s.labels}
     assert codes == {"200", "400", "404"}, codes
+    protocols = {s.labels["protocol"] for f in fams.values() for s in f.samples if "protocol" in s.labels}
+    assert protocols == {"http"}, protocols  # the transport that carried the request (gRPC: "grpc")
 
 
 def test_request_counts_match_the_requests_sent(sent: Sent) -> None:
@@ -228,7 +230,7 @@ def test_request_counts_match_the_requests_sent(sent: Sent) -> None:
     assert counted["", "404"] == 2 and counted["uni", "400"] == 2
     durations = fams["lstm_serve_request_duration_seconds"]
     for (model, code), n in sent.codes.items():
-        buckets, total, count = _hist(durations, model=model, code=code)
+        buckets, total, count = _hist(durations, model=model, code=code, protocol="http")
         assert count == n, f"request_duration count {count} != requests_total {n} for {model}/{code}"
         assert buckets[-1] == (math.inf, n)
         assert 0 < total / count < 10, f"mean request duration {total / count} s is not sane"
@@ -289,7 +291,7 @@ def test_buckets_span_100us_to_10s_and_powers_of_two_to_max_batch(sent: Sent) ->
         "lstm_serve_queue_duration_seconds",
         "lstm_serve_inference_duration_seconds",
     ):
-        labels = {"model": "uni", "code": "200"} if name.startswith("lstm_serve_request") else {"model": "uni", "version": "1"}
+        labels = {"model": "uni", "code": "200", "protocol": "http"} if name.startswith("lstm_serve_request") else {"model": "uni", "version": "1"}
         les = [le for le, _ in _hist(fams[name], **labels)[0]]
         assert les[-1] == math.inf
         finite = les[:-1]
