@@ -58,13 +58,18 @@ def _parse_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         json_part, binary = body, memoryview(b"")
     if not json_part:
         raise InvalidInput("request body is empty; expected a KServe v2 inference request")
+    return json_object(json_part, "a JSON object with an 'inputs' list"), binary
+
+
+def json_object(raw: bytes | memoryview, expected: str = "a JSON object") -> dict[str, Any]:
+    """A request body that must hold one JSON object (inference and repository calls alike)."""
     try:
-        doc = orjson.loads(json_part)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object with an 'inputs' list")
-    return doc, binary
+        raise InvalidInput(f"request body must be {expected}")
+    return doc
 
 
 _NUMBER_TYPES = frozenset({float, int})

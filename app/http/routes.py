@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from app import __version__
 from app.http import inference
+from app.http import codec
 from app.v2 import request as v2_request
 from app.http import schema
 from app.engine.catalog import ModelInfo, versions_of
@@ -165,12 +166,7 @@ async def _options(request: Request, allowed: set[str]) -> dict:
     raw = await request.body()
     if not raw.strip():
         return {}
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object")
+    doc = codec.json_object(raw)
     params = v2_request.parameters(doc.get("parameters"), "request")
     unknown = sorted(k for k in params if k not in allowed)
     if unknown:
