@@ -116,8 +116,9 @@ COPY --from=builder /opt/venv /opt/venv
 # CUDA/cuDNN from PyPI (ORT_GPU_EXTRAS) live in the venv's nvidia/*/lib folders: register them
 # with the dynamic linker (nothing to do on the nvidia/cuda base or for cpu). Then a GPU image
 # checks itself, no GPU needed: onnxruntime lists CUDAExecutionProvider, and every library its
-# CUDA provider needs resolves (ld.so --list, i.e. ldd). libcuda.so.1 is the driver's, mounted
-# at run time by the NVIDIA container toolkit; it is never in the image.
+# CUDA provider needs resolves (ld.so --list, i.e. ldd), and cuDNN, which ONNX Runtime opens by
+# name at run time (not a link dependency), loads. libcuda.so.1 is the driver's, mounted at run
+# time by the NVIDIA container toolkit; it is never in the image.
 RUN find /opt/venv -path '*/site-packages/nvidia/*' -name 'lib*.so*' -printf '%h\n' | sort -u \
         > /etc/ld.so.conf.d/zz-nvidia-pypi.conf \
     && if [ -s /etc/ld.so.conf.d/zz-nvidia-pypi.conf ]; then ldconfig; else rm /etc/ld.so.conf.d/zz-nvidia-pypi.conf; fi \
@@ -126,7 +127,8 @@ RUN find /opt/venv -path '*/site-packages/nvidia/*' -name 'lib*.so*' -printf '%h
         && lib="$(find /opt/venv -name libonnxruntime_providers_cuda.so)" \
         && test -n "${lib}" \
         && ldd "${lib}" \
-        && ! ldd "${lib}" | grep -v 'libcuda\.so\.1' | grep 'not found'; \
+        && ! ldd "${lib}" | grep -v 'libcuda\.so\.1' | grep 'not found' \
+        && /opt/venv/bin/python -c "import ctypes; ctypes.CDLL('libcudnn.so.9')"; \
     fi
 # Baked-in model repository, owned by root and read-only for the server; mount a volume at
 # /models to serve other models with the same image.
