@@ -330,14 +330,20 @@ def predict(base: str) -> int:
     status, answer = _post(f"{base}/v2/models/demo/infer", DEMO_REQUEST)
     outputs = answer.get("outputs")
     check(status == 200 and outputs == [DEMO_ANSWER], f"demo prediction {outputs} (want exactly {[DEMO_ANSWER]})")
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
-        text = r.read().decode()
-        ctype = r.headers.get("content-type", "")
-    served = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("lstm_serve_requests_total{") and 'model="demo"' in line
-    )
+    # The answer can reach us before the worker has counted it: ask /metrics for up to 5 s.
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+            text = r.read().decode()
+            ctype = r.headers.get("content-type", "")
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("lstm_serve_requests_total{") and 'model="demo"' in line
+        )
+        if served >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     check(r.status == 200 and ctype.startswith("text/plain"), f"/metrics {r.status} {ctype}")
     check(served >= 1, f"/metrics counts the prediction: lstm_serve_requests_total{{model=\"demo\"}} = {served:g}")
     return 1 if failures else 0
