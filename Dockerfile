@@ -14,6 +14,16 @@
 #
 # CPU: plain Ubuntu 24.04, same Python (3.12 from Ubuntu), same ONNX Runtime version.
 #
+# Any Debian-family base works for either variant: name it (CPU_IMAGE or CUDA_IMAGE) and its
+# Python package (PYTHON; the default python3.12 is Ubuntu 24.04's). A Debian trixie base made
+# locally with mmdebstrap, no registry (docs/image.md; deploy/image-check.sh builds and runs it):
+#   podman build --format docker --build-arg VARIANT=cpu --build-arg CPU_IMAGE=localhost/lstm-serve-base:trixie --build-arg PYTHON=python3.13 .
+# The GPU variant without NVIDIA's base image: CUDA and cuDNN from PyPI (onnxruntime-gpu's
+# `cuda` and `cudnn` extras, ORT_GPU_EXTRAS), registered with the dynamic linker in the image:
+#   ... --build-arg VARIANT=gpu --build-arg CUDA_IMAGE=localhost/lstm-serve-base:trixie --build-arg PYTHON=python3.13 --build-arg ORT_GPU_EXTRAS=cuda,cudnn .
+# A GPU build checks itself: onnxruntime lists CUDAExecutionProvider and every library of its
+# CUDA provider resolves.
+#
 # Stages: os-<variant> (base OS) -> python (adds the interpreter) -> builder (venv + pip) and
 # runtime (venv copied in; no pip, no compilers, no torch).
 
@@ -22,6 +32,11 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG CPU_IMAGE=ubuntu:24.04
 # One ONNX Runtime version for both variants: `onnxruntime==X` (cpu) or `onnxruntime-gpu==X` (gpu).
 ARG ORT_VERSION=1.31.1
+# The base image's Python package (`python3.12` on Ubuntu 24.04, `python3.13` on Debian trixie,
+# `python3.11` on bookworm); the builder adds `${PYTHON}-venv`.
+ARG PYTHON=python3.12
+# Empty: CUDA and cuDNN come from the base image (nvidia/cuda). `cuda,cudnn`: from PyPI wheels.
+ARG ORT_GPU_EXTRAS=
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS os-gpu
@@ -37,40 +52,50 @@ ENV LSTM_SERVE_PROVIDERS=cpu
 # hadolint ignore=DL3006
 FROM os-${VARIANT} AS python
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG PYTHON
 ARG DEBIAN_FRONTEND=noninteractive
-# Unpinned apt versions on purpose: Ubuntu's archive drops superseded versions (a pin breaks the
+# Unpinned apt versions on purpose: the archive drops superseded versions (a pin breaks the
 # build at the next security update); the base image tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 \
+    && apt-get install -y --no-install-recommends "${PYTHON}" \
     && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------------------------------------
 FROM python AS builder
 ARG VARIANT
 ARG ORT_VERSION
+ARG ORT_GPU_EXTRAS
+ARG PYTHON
 ARG DEBIAN_FRONTEND=noninteractive
-# venv/ensurepip for the builder only (unpinned for the same reason as above).
+# venv/ensurepip for the builder only (unpinned for the same reason as above); ca-certificates
+# for pip's HTTPS. Extra CAs of the build host (a TLS-intercepting proxy in front of the package
+# index) arrive as a read-only mount of /usr/local/share/ca-certificates (`podman build -v`,
+# docs/image.md): the package's postinst adds them here, in the builder only.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12-venv \
+    && apt-get install -y --no-install-recommends "${PYTHON}-venv" ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The build context is an allowlist (.dockerignore): pyproject.toml, app/ and models/ only.
 COPY . /src
 # Exactly one ONNX Runtime package: the extra of this variant, pinned by a constraint. The
 # project itself comes from pyproject.toml (its `export` extra, torch and onnx, is never asked for).
-RUN python3.12 -m venv /opt/venv \
+# ORT_GPU_EXTRAS (gpu only) adds the wheel's CUDA/cuDNN extras to the same install.
+RUN "${PYTHON}" -m venv /opt/venv \
     && if [ "${VARIANT}" = "gpu" ]; then echo "onnxruntime-gpu==${ORT_VERSION}"; \
        else echo "onnxruntime==${ORT_VERSION}"; fi > /tmp/constraints.txt \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        -c /tmp/constraints.txt ".[${VARIANT}]" \
+    && extras="" \
+    && if [ "${VARIANT}" = "gpu" ] && [ -n "${ORT_GPU_EXTRAS}" ]; then extras="onnxruntime-gpu[${ORT_GPU_EXTRAS}]"; fi \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        -c /tmp/constraints.txt ".[${VARIANT}]" ${extras:+"${extras}"} \
     && /opt/venv/bin/pip uninstall --yes pip
 # Fail the build if the venv is wrong: both ORT packages, the other variant's, or training deps.
 RUN ["/opt/venv/bin/python", "-c", "import importlib.metadata as md, os, sys; names = {d.metadata['Name'].lower().replace('_', '-') for d in md.distributions()}; want = {'gpu': 'onnxruntime-gpu', 'cpu': 'onnxruntime'}[os.environ['VARIANT']]; ort = sorted(names & {'onnxruntime', 'onnxruntime-gpu'}); bad = sorted(names & {'torch', 'onnx', 'onnxscript', 'tensorflow', 'jax'}); sys.exit(0 if ort == [want] and not bad else f'bad runtime venv: onnxruntime packages {ort} (want {want}), forbidden {bad}')"]
 
 # ---------------------------------------------------------------------------------------------
 FROM python AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG VARIANT
 LABEL org.opencontainers.image.title="lstm-serve" \
       org.opencontainers.image.description="Stacked-LSTM serving over the KServe v2 REST protocol (ONNX Runtime, ${VARIANT})" \
@@ -85,15 +110,35 @@ RUN groupadd --system --gid 10001 lstm \
     && rm -rf /usr/bin/apt /usr/bin/apt-* /usr/lib/apt /etc/apt /var/lib/apt /var/cache/apt \
         /usr/bin/dpkg /usr/bin/dpkg-* /usr/sbin/dpkg-*
 
-# The venv's python links to /usr/bin/python3.12 of the same `python` stage: identical paths.
+# The venv's python links to /usr/bin/${PYTHON} of the same `python` stage: identical paths.
 # Its .pyc files were compiled at install time, so a read-only root filesystem costs no startup.
 COPY --from=builder /opt/venv /opt/venv
+# CUDA/cuDNN from PyPI (ORT_GPU_EXTRAS) live in the venv's nvidia/*/lib folders: register them
+# with the dynamic linker (nothing to do on the nvidia/cuda base or for cpu). Then a GPU image
+# checks itself, no GPU needed: onnxruntime lists CUDAExecutionProvider, and every library its
+# CUDA provider needs resolves (ld.so --list, i.e. ldd), and cuDNN, which ONNX Runtime opens by
+# name at run time (not a link dependency), loads. libcuda.so.1 is the driver's, mounted at run
+# time by the NVIDIA container toolkit; it is never in the image.
+RUN find /opt/venv -path '*/site-packages/nvidia/*' -name 'lib*.so*' -printf '%h\n' | sort -u \
+        > /etc/ld.so.conf.d/zz-nvidia-pypi.conf \
+    && if [ -s /etc/ld.so.conf.d/zz-nvidia-pypi.conf ]; then ldconfig; else rm /etc/ld.so.conf.d/zz-nvidia-pypi.conf; fi \
+    && if [ "${VARIANT}" = "gpu" ]; then \
+        /opt/venv/bin/python -c "import onnxruntime as ort, sys; p = ort.get_available_providers(); print(p); sys.exit(0 if 'CUDAExecutionProvider' in p else 'no CUDAExecutionProvider')" \
+        && lib="$(find /opt/venv -name libonnxruntime_providers_cuda.so)" \
+        && test -n "${lib}" \
+        && ldd "${lib}" \
+        && ! ldd "${lib}" | grep -v 'libcuda\.so\.1' | grep 'not found' \
+        && /opt/venv/bin/python -c "import ctypes; ctypes.CDLL('libcudnn.so.9')"; \
+    fi
 # Baked-in model repository, owned by root and read-only for the server; mount a volume at
 # /models to serve other models with the same image.
 COPY models/ /models/
 
+# ORT_DISABLE_TELEMETRY: ONNX Runtime's telemetry off (it also logs "Failed to persist
+# telemetry device ID" on a read-only root).
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONUNBUFFERED=1 \
     LSTM_SERVE_MODEL_REPOSITORY=/models \
     LSTM_SERVE_HOST=0.0.0.0 \

@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 # `make serve` never installs torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: serve test bench lint clean
+.PHONY: serve test bench lint clean image-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ TWO_WORKERS_SKIP = test_batcher test_config test_inference test_padding test_pro
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	LSTM_SERVE_TEST_WORKERS=2 $(BIN)/python -m pytest -q tests/app $(foreach m,$(TWO_WORKERS_SKIP),--ignore=tests/app/$(m).py) $(PYTEST_ARGS)
+
+## Build the CPU image with podman on a Debian base made here, run it plainly and as k8s/base
+## runs it (root; installs podman, runc, mmdebstrap when missing; docs/image.md). CI runs it.
+image-check:
+	deploy/image-check.sh
 
 ## Run the benchmark (see bench/README.md).
 bench: $(VENV)/.test-installed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -71,11 +72,13 @@ def test_runtime_image_has_no_package_manager_or_compiler() -> None:
     assert "/var/lib/dpkg" not in removal[0], "keep dpkg's database for image scanners"
     for forbidden in ("apt-get install", "pip install", "gcc", "g++", "clang", "build-essential", "make "):
         assert forbidden not in text, f"runtime stage runs {forbidden!r}"
-    # what the runtime stage is built on: the `python` stage (only python3.12 installed) on a
-    # CUDA *runtime* base, never a devel image with nvcc and headers.
+    # what the runtime stage is built on: the `python` stage (only the base's Python installed:
+    # the PYTHON build argument, python3.12 by default) on a CUDA *runtime* base, never a devel
+    # image with nvcc and headers.
     assert [i.args for i in runtime if i.keyword == "FROM"] == ["python AS runtime"]
     installs = [i.args for i in stage_instructions("python") if i.keyword == "RUN"]
-    assert len(installs) == 1 and "install -y --no-install-recommends python3.12 " in installs[0] + " "
+    assert len(installs) == 1 and 'install -y --no-install-recommends "${PYTHON}" ' in installs[0] + " "
+    assert re.fullmatch(r"python3\.\d+", dockerfile_args()["PYTHON"]), dockerfile_args()["PYTHON"]
     cuda = dockerfile_args()["CUDA_IMAGE"]
     assert "-runtime-" in cuda and "devel" not in cuda, cuda
     # the builder's pip does not travel: it is uninstalled from the venv that is copied
