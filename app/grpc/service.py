@@ -211,8 +211,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             observer.metrics.inflight.dec()
             observer.done(call, code)
 
-    def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        return serve_stream(request_iterator, context, self.answer, self.serving.drain)
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in serve_stream(request_iterator, context, self.answer, self.serving.drain):
+            yield response
 
     async def answer(self, msg: Any, rpc: str) -> Any:
         """One request of a stream: its ``ModelStreamInferResponse``, an error as ``error_message``."""
