@@ -8,6 +8,7 @@ reflection and the token. Runs in one process and (``LSTM_SERVE_TEST_WORKERS=2``
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -284,3 +285,49 @@ def test_overload_is_unavailable_with_retry_after(strict: Server) -> None:
         assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
         assert dict(exc.trailing_metadata())["retry-after"] == "1"
         assert "queue" in exc.details()
+
+
+def test_per_worker_engines_serve_grpc_and_refuse_server_kept_state_as_rest(model_repo: Path, reference: Reference,
+                                                                            tmp_path: Path) -> None:
+    srv = start_server(model_repo, tmp_path, workers=2, engine="per_worker")
+    try:
+        x = np.random.default_rng(4).standard_normal((2, 5, 3)).astype(np.float32)
+        for _ in range(16):  # new connections spread over both workers (SO_REUSEPORT on the one port)
+            with tg.InferenceServerClient(srv.grpc_target) as c:
+                got = c.infer("uni", [_input(x)]).as_numpy("output")
+                np.testing.assert_allclose(got[1], reference.run("uni", x[1])["output"][0], atol=TOL)
+        with tg.InferenceServerClient(srv.grpc_target) as c:
+            with pytest.raises(InferenceServerException) as exc:
+                c.infer("uni", [_input(x[:1])], sequence_id=5, sequence_start=True)
+        rest = httpx.post(f"{srv.url}/v2/models/uni/infer", timeout=10, json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5, 3], "data": x[0].ravel().tolist()}],
+            "parameters": {"sequence_id": 5, "sequence_start": True}})
+        assert _code(exc.value) == "StatusCode.INVALID_ARGUMENT" and rest.status_code == 400
+        assert exc.value.message() == rest.json()["error"]
+        pids = {d["pid"] for d in srv.log_lines() if d.get("protocol") == "grpc"}
+        workers = next(d["workers"] for d in srv.log_lines() if d.get("msg") == "supervising")
+        assert pids == set(workers), "both workers serve gRPC on the one port"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_metrics_and_access_log_lines_carry_protocol_grpc(server: Server, client: tg.InferenceServerClient) -> None:
+    x = np.ones((1, 3, 3), np.float32)
+    client.infer("demo", [_input(np.ones((1, 3, 4), np.float32))], headers={"x-request-id": "grpc-log-1"})
+    with pytest.raises(InferenceServerException):
+        client.infer("uni", [_input(x.astype(np.float64), datatype="FP64")], headers={"x-request-id": "grpc-log-2"})
+    metrics = server.metrics()
+    assert 'lstm_serve_requests_total{code="200",model="demo",protocol="grpc"}' in metrics
+    assert 'lstm_serve_requests_total{code="400",model="uni",protocol="grpc"}' in metrics
+    assert 'lstm_serve_request_duration_seconds_count{code="200",model="demo",protocol="grpc"}' in metrics
+    deadline = time.monotonic() + 5
+    while True:
+        lines = {d["request_id"]: d for d in server.log_lines() if d.get("logger") == "lstm_serve.access"}
+        if {"grpc-log-1", "grpc-log-2"} <= lines.keys() or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    ok, bad = lines["grpc-log-1"], lines["grpc-log-2"]
+    http_line = next(d for d in lines.values() if "protocol" not in d)
+    assert set(http_line) <= set(ok)  # the same JSON form as HTTP's, plus protocol and rpc
+    assert (ok["code"], ok["model"], ok["protocol"], ok["rpc"], ok["batch_size"]) == (200, "demo", "grpc", "ModelInfer", 1)
+    assert bad["code"] == 400 and "datatype 'FP64'" in bad["error"]
