@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from app.v2.errors import Rendered, SequenceEnded, render
+from app.v2.errors import Rendered, render
 
 # Open Inference Protocol (HTTP) status -> gRPC status code.
 CODES: dict[int, grpc.StatusCode] = {
@@ -18,7 +18,7 @@ CODES: dict[int, grpc.StatusCode] = {
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    409: grpc.StatusCode.FAILED_PRECONDITION,  # a sequence that ended or was evicted
+    409: grpc.StatusCode.FAILED_PRECONDITION,  # SequenceEnded: a sequence that ended or was evicted
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     500: grpc.StatusCode.INTERNAL,
@@ -26,7 +26,6 @@ CODES: dict[int, grpc.StatusCode] = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-assert SequenceEnded.status == 409  # the one class mapped to FAILED_PRECONDITION
 
 # The client went away (its deadline passed or it cancelled): counted as HTTP's 499 does in
 # nginx, a client-side outcome, not a server error.
