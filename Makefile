@@ -18,9 +18,9 @@ $(BIN)/python:
 # The gRPC front end's protobuf modules, generated from app/grpc/protos (not in git). grpcio-tools
 # is a build tool: `make serve` runs it from a folder of its own, outside the server's venv.
 PROTOS = app/grpc/generated/__init__.py
-$(PROTOS): app/grpc/protos/*.proto tools/generate_protos.py | $(BIN)/python
+$(PROTOS): app/grpc/protos/*.proto app/grpc/protos/generate.py | $(BIN)/python
 	$(BIN)/python -c 'import grpc_tools' 2>/dev/null || $(BIN)/pip install -q --target $(VENV)/.protoc grpcio-tools
-	PYTHONPATH=$(VENV)/.protoc $(BIN)/python tools/generate_protos.py
+	PYTHONPATH=$(VENV)/.protoc $(BIN)/python app/grpc/protos/generate.py
 
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu]'

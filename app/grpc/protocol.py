@@ -1,6 +1,6 @@
 """The generated protobuf and gRPC modules of Triton's protocol (app/grpc/protos).
 
-They are generated at install time (``make``, or ``python tools/generate_protos.py``) into
+They are generated at install time (``make``, or ``python app/grpc/protos/generate.py``) into
 ``app/grpc/generated``, which git ignores; a checkout where that step did not run gets one line
 saying so rather than an ImportError deep in the server's start.
 """
@@ -14,7 +14,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a broken install
     raise ImportError(
         "the gRPC modules are not generated: run `make` (or `pip install grpcio-tools && python "
-        f"tools/generate_protos.py`) in the checkout ({exc})"
+        f"app/grpc/protos/generate.py`) in the checkout ({exc})"
     ) from exc
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # inference.GRPCInferenceService
