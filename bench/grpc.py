@@ -70,6 +70,15 @@ def summary(lat: list[float], seconds: float) -> dict[str, float]:
             "p99_ms": round(float(np.percentile(a, 99)), 3), "n": len(lat)}
 
 
+async def measured(srv: srvmod.Server, phase) -> dict[str, float]:
+    """A phase's summary plus the server's own CPU per answer (all its processes), which the
+    client's cost in this process does not blur."""
+    before = srv.cpu_s()
+    result = await phase
+    result["server_cpu_ms"] = round((srv.cpu_s() - before) * 1000 / max(result["n"], 1), 3)
+    return result
+
+
 async def closed_loop(clients: int, seconds: float, one) -> dict[str, float]:
     lat: list[float] = []
     stop = time.perf_counter() + seconds
@@ -102,9 +111,9 @@ async def unary(srv: srvmod.Server, clients: int, seconds: float) -> dict[str, d
 
         for name, fn in (("http-binary", h), ("grpc", g)):
             await closed_loop(clients, 1.0, fn)  # warm connections
-            out[f"{name} x{clients}"] = await closed_loop(clients, seconds, fn)
+            out[f"{name} x{clients}"] = await measured(srv, closed_loop(clients, seconds, fn))
         for name, fn in (("http-binary", h), ("grpc", g)):
-            out[f"{name} lone"] = await closed_loop(1, seconds / 2, fn)
+            out[f"{name} lone"] = await measured(srv, closed_loop(1, seconds / 2, fn))
     for c in channels:
         await c.close()
     return out
@@ -162,9 +171,9 @@ async def streaming(srv: srvmod.Server, streams: int, seconds: float) -> dict[st
             await asyncio.gather(*(one(k) for k in range(streams)))
             return summary(lat, time.perf_counter() - t0)
 
-    out[f"grpc stream x{streams}"] = await over_grpc()
-    out[f"http sequence_id x{streams}"] = await over_http(False)
-    out[f"http re-send history x{streams}"] = await over_http(True)
+    out[f"grpc stream x{streams}"] = await measured(srv, over_grpc())
+    out[f"http sequence_id x{streams}"] = await measured(srv, over_http(False))
+    out[f"http re-send history x{streams}"] = await measured(srv, over_http(True))
     return out
 
 
@@ -206,15 +215,17 @@ def main() -> None:
             load_after = os.getloadavg()
         finally:
             srv.stop()
-    doc = {"command": "python -m bench.grpc " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+    typed = f"python -m bench.grpc --seconds {args.seconds:g} --clients {args.clients} --streams " + " ".join(map(str, args.streams))
+    doc = {"command": typed,
            "loadavg_before": load_before, "loadavg_after": load_after, "cpus": os.cpu_count(), "results": results}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# gRPC vs REST ({doc['command']})", "",
              f"{os.cpu_count()} CPUs shared with the client and other work; load average before "
              f"{load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
-             "| mode | answers/s | p50 ms | p99 ms | answers |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['per_s']} | {v['p50_ms']} | {v['p99_ms']} | {v['n']} |" for k, v in results.items()]
+             "| mode | answers/s | p50 ms | p99 ms | answers | server CPU ms per answer |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['per_s']} | {v['p50_ms']} | {v['p99_ms']} | {v['n']} | {v['server_cpu_ms']} |"
+              for k, v in results.items()]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     plot(results, RESULTS / f"{args.out}.png")
     print("\n".join(lines))
