@@ -15,17 +15,26 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The gRPC front end's protobuf modules, generated from app/grpc/protos (not in git). grpcio-tools
+# is a build tool: `make serve` runs it from a folder of its own, outside the server's venv.
+PROTOS = app/grpc/generated/__init__.py
+$(PROTOS): app/grpc/protos/*.proto app/grpc/protos/generate.py | $(BIN)/python
+	$(BIN)/python -c 'import grpc_tools' 2>/dev/null || $(BIN)/pip install -q --target $(VENV)/.protoc grpcio-tools
+	PYTHONPATH=$(VENV)/.protoc $(BIN)/python app/grpc/protos/generate.py
+
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[cpu]'
+	$(MAKE) $(PROTOS)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[cpu,export,dev,bench]'
+	$(MAKE) $(PROTOS)
 	touch $@ $(VENV)/.serve-installed
 
 ## Start the server on the shipped demo model (http://127.0.0.1:8000).
-serve: $(VENV)/.serve-installed
+serve: $(VENV)/.serve-installed $(PROTOS)
 	$(BIN)/lstm-serve
 
 # The server tests again against two HTTP workers and an engine process (the whole suite above
@@ -35,7 +44,7 @@ TWO_WORKERS_SKIP = test_batcher test_config test_inference test_padding test_pro
                    test_shutdown test_streams test_supervisor
 
 ## Run the whole test suite (then the server tests with --workers 2).
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(PROTOS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	LSTM_SERVE_TEST_WORKERS=2 $(BIN)/python -m pytest -q tests/app $(foreach m,$(TWO_WORKERS_SKIP),--ignore=tests/app/$(m).py) $(PYTEST_ARGS)
 

@@ -22,12 +22,13 @@ from app.config import ENV_PREFIX, NONE, Settings
 PROG = "lstm-serve"
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "serving": ("model_repository", "host", "port", "providers", "intra_op_threads", "small_batch_max_size",
+    "serving": ("model_repository", "host", "port", "grpc_port", "providers", "intra_op_threads", "small_batch_max_size",
                 "allow_spinning", "cpu_mem_arena", "warmup", "gzip_min_bytes"),
     "batching": ("max_batch_size", "max_queue_delay_ms", "dispatch_when_idle", "max_queue_size",
                  "max_batches_in_flight"),
     "limits": ("max_sequence_length", "max_request_bytes", "request_timeout_s", "body_timeout_s",
-               "keep_alive_timeout_s", "max_connections", "sequence_idle_timeout_s", "max_live_sequences"),
+               "keep_alive_timeout_s", "max_connections", "grpc_max_concurrent_streams",
+               "sequence_idle_timeout_s", "max_live_sequences"),
     "models at run time": ("model_versions", "model_control_mode", "repository_poll_s"),
     "processes": ("workers", "engine", "drain_timeout_s"),
     "security": ("api_key", "api_key_file"),

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     """TCP port for HTTP (KServe v2 REST and /metrics)."""
 
+    grpc_port: int | None = Field(8001, ge=1, le=65535)
+    """TCP port for gRPC (Triton's ``inference.GRPCInferenceService``, the KServe v2 gRPC
+    protocol, ``grpc.health.v1`` and reflection), 8001 as Triton's; ``none`` serves no gRPC. With
+    several ``workers`` every worker serves it on this one port (SO_REUSEPORT)."""
+
+    grpc_max_concurrent_streams: int = Field(256, ge=1, le=65536)
+    """gRPC: most calls open at once on one client connection (HTTP/2 streams), unary calls and
+    ``ModelStreamInfer`` streams alike; a client past it waits for one to end. The largest message
+    is ``max_request_bytes`` (RESOURCE_EXHAUSTED past it)."""
+
     workers: int = Field(1, ge=1, le=64)
     """HTTP processes, each a uvicorn server on the one listening socket. With 1 everything runs
     in one process. With 2 or more, HTTP parsing, decoding and encoding spread over several

@@ -37,6 +37,7 @@ from app.http.compression import ResponseCompression
 from app.config import Settings
 from app.http.connections import OpenConnections, uvicorn_options
 from app.engine.engine import Engine, LocalEngine
+from app.grpc import server as grpc_server
 from app.http.errors import install_handlers
 from app.http.guard import RequestGuard
 from app.http.inference import InferenceFastPath, fast_paths
@@ -63,8 +64,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
         await state.start_engine()
         if CUDA in state.engine.providers():
             state.metrics.enable_gpu()
+        grpc = await grpc_server.start(settings, state.engine, state.metrics, lambda: state.draining, token)
         yield
         state.draining = True
+        if grpc is not None:  # gRPC calls in flight are answered before the engine drains
+            await grpc.stop(settings.drain_timeout_s)
         await state.engine.close(settings.drain_timeout_s)
         log.info("drained; exiting")
 

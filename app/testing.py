@@ -35,6 +35,12 @@ class ServerProcess:
     port: int
     log_path: Path
     settings: dict[str, str] = field(default_factory=dict)
+    grpc_port: int | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of its gRPC server (tritonclient.grpc's ``url``)."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -74,6 +80,8 @@ def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, *
     if "workers" not in settings and os.environ.get(TEST_WORKERS):
         settings["workers"] = os.environ[TEST_WORKERS]
     port = free_port()
+    if "grpc_port" not in settings:
+        settings["grpc_port"] = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     env.update(
         {"LSTM_SERVE_MODEL_REPOSITORY": str(repository), "LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port)}
@@ -84,7 +92,9 @@ def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, *
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
-    server = ServerProcess(proc, port, log_path, {k: str(v) for k, v in settings.items()})
+    grpc_port = settings["grpc_port"]
+    server = ServerProcess(proc, port, log_path, {k: str(v) for k, v in settings.items()},
+                           None if str(grpc_port).lower() == "none" else int(grpc_port))
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

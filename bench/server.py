@@ -41,7 +41,7 @@ def start(repository: Path, log_dir: Path, settings: dict[str, object]) -> Serve
     """Start a server with ``LSTM_SERVE_<KEY>`` settings; wait until ready (90 s at most)."""
     p = start_server(repository, log_dir, **settings)
     proc.track(p.pid)
-    return Server(p.proc, p.port, p.log_path, p.settings)
+    return Server(p.proc, p.port, p.log_path, p.settings, p.grpc_port)
 
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")

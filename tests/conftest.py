@@ -60,7 +60,7 @@ def alive(pid: int) -> bool:
 
 def start_server(repository: Path, log_dir: Path, **settings: object) -> Server:
     proc = _start(repository, log_dir, **settings)
-    return Server(proc.proc, proc.port, proc.log_path, proc.settings)
+    return Server(proc.proc, proc.port, proc.log_path, proc.settings, proc.grpc_port)
 
 
 @pytest.fixture(scope="session")

@@ -1,48 +1,18 @@
-"""Optional bearer-token authentication (``api_key`` / ``api_key_file``).
+"""Optional bearer-token authentication over HTTP (the token and its check: ``app.v2.auth``).
 
 What is protected: every path under ``/v2`` (inference, model metadata/ready/config/stats,
 repository, server metadata) except the two health probes, which the kubelet calls without
 credentials. ``/metrics`` (Prometheus scrapes it inside the cluster) and the API docs stay open.
 Checked on the decoded path, so an encoded ``/v2`` (``/%76%32/...``) is protected as well.
-
-The token is compared as SHA-256 digests with :func:`hmac.compare_digest`: constant time in the
-content *and* the length of what the client sent.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from pathlib import Path
+from app.v2.auth import Bearer, TokenError, load_token
 
-from app.config import Settings
-from app.v2.errors import Unauthorized
+__all__ = ["OPEN_PATHS", "BearerAuth", "TokenError", "load_token", "protects"]
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
-
-
-class TokenError(ValueError):
-    """The configured token cannot be used; the message names the setting."""
-
-
-def load_token(settings: Settings) -> bytes | None:
-    """The configured token, or None when authentication is off. Raises TokenError."""
-    if settings.api_key is not None:
-        token, source = settings.api_key.get_secret_value(), "api_key"
-    elif settings.api_key_file is not None:
-        path = Path(settings.api_key_file)
-        try:
-            token, source = path.read_text(encoding="utf-8"), f"api_key_file {path}"
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TokenError(f"cannot read api_key_file {path}: {exc}") from None
-    else:
-        return None
-    token = token.strip()
-    if not token:
-        raise TokenError(f"{source} is empty; set a token or unset it to turn authentication off")
-    if not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
-        raise TokenError(f"{source} must be printable ASCII without spaces (it travels in an HTTP header)")
-    return token.encode("ascii")
 
 
 def protects(path: str) -> bool:
@@ -50,11 +20,8 @@ def protects(path: str) -> bool:
     return (path == "/v2" or path.startswith("/v2/")) and path not in OPEN_PATHS
 
 
-class BearerAuth:
+class BearerAuth(Bearer):
     """Checks a request's ``Authorization`` header against one token."""
-
-    def __init__(self, token: bytes) -> None:
-        self._digest = hashlib.sha256(token).digest()
 
     def check(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Raise Unauthorized unless ``headers`` (ASGI, lower-case names) carry the token."""
@@ -63,11 +30,4 @@ class BearerAuth:
             if key == b"authorization":
                 value = v
                 break
-        if value is None:
-            raise Unauthorized("missing credentials: send the header 'Authorization: Bearer <token>'")
-        scheme, _, credential = value.strip().partition(b" ")
-        credential = credential.strip()
-        if scheme.lower() != b"bearer" or not credential:
-            raise Unauthorized("unsupported credentials: use the Bearer scheme, 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(hashlib.sha256(credential).digest(), self._digest):
-            raise Unauthorized("invalid bearer token", invalid_token=True)
+        self.verify(value)

@@ -12,13 +12,12 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse, Response
 
-from app import __version__
 from app.http import inference
 from app.http import codec
 from app.v2 import request as v2_request
 from app.http import schema
-from app.engine.catalog import ModelInfo, versions_of
-from app.config import Settings
+from app.engine import metadata
+from app.engine.catalog import versions_of
 from app.v2.errors import InvalidInput
 from app.http.state import ServerState
 
@@ -53,42 +52,9 @@ async def ready(request: Request) -> Response:
     return _json({"ready": ok}, 200 if ok else 503)
 
 
-# Triton's names of the protocol extensions served (see ``extensions``).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
-
-
 @router.get("/v2", tags=["server"], response_model=schema.ServerMetadata)
 async def server_metadata() -> Response:
-    return _json({"name": "lstm-serve", "version": __version__, "extensions": EXTENSIONS})
-
-
-def _metadata(model: ModelInfo, versions: list[int], settings: Settings) -> dict:
-    spec = model.spec
-    ins = spec.input_shapes()
-    outs = spec.output_shapes()
-    doc = {
-        "name": model.name,
-        "versions": [str(v) for v in versions],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": n, "datatype": v2_request.EXPECTED_DATATYPE[n], "shape": ins[n]} for n in spec.input_names
-        ],
-        "outputs": [{"name": n, "datatype": "FP32", "shape": outs[n]} for n in spec.output_names],
-        "parameters": {
-            **spec.describe(),
-            "version": str(model.version),
-            "provider": model.provider,
-            "required_inputs": ["input"],
-            "optional_inputs": [n for n in spec.input_names if n != "input"],
-        },
-    }
-    if spec.stateful:  # server-kept streaming (README "Streaming"), Triton's parameter names
-        doc["parameters"]["sequence_batching"] = {
-            "parameters": ["sequence_id", "sequence_start", "sequence_end"],
-            "sequence_idle_timeout_s": settings.sequence_idle_timeout_s,
-            "max_live_sequences": settings.max_live_sequences,
-        }
-    return doc
+    return _json(metadata.server_metadata())
 
 
 _META = {"tags": ["model"], "response_model": schema.ModelMetadata, "responses": schema.responses(404, 503)}
@@ -107,7 +73,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     """Inputs, outputs, datatypes and shapes (-1 for dynamic axes), read from the artifact."""
     state = _state(request)
     model = state.engine.model(name, version)
-    return _json(_metadata(model, sorted(state.engine.catalog()[name]), state.settings))
+    return _json(metadata.model_metadata(model, sorted(state.engine.catalog()[name]), state.settings))
 
 
 _MODEL_READY = {"tags": ["health"], "response_model": schema.ModelReady, "responses": {

@@ -65,3 +65,40 @@ def test_perf_analyzer_runs_unmodified(server: Server, tmp_path: Path, tensor_fo
     assert server_count >= 200
     after = triton.InferenceServerClient(server.hostport).get_inference_statistics("demo")["model_stats"][0]
     assert after["inference_count"] - before["inference_count"] >= server_count
+
+
+def _run_grpc(server: Server, tmp_path: Path, model: str, features: int, *extra: str) -> str:
+    assert TOOL is not None
+    exe, env = TOOL
+    data = tmp_path / f"{model}.json"
+    data.write_text(json.dumps({"data": [{"input": {"content": [float(i % 7) for i in range(3 * features)],
+                                                    "shape": [1, 3, features]}}]}))
+    proc = subprocess.run(
+        [exe, "-m", model, "-u", server.grpc_target, "-i", "grpc", "--input-data", str(data),
+         "--measurement-mode", "count_windows", "--measurement-request-count", "100",
+         "--stability-percentage", "1000", "--max-trials", "10", *extra],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(TOOL is None, reason="perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)")
+@pytest.mark.parametrize(("model", "features"), [("demo", 4), ("bi", 3)])
+def test_perf_analyzer_over_grpc_at_concurrency_1_to_16(server: Server, tmp_path: Path, model: str, features: int) -> None:
+    out = _run_grpc(server, tmp_path, model, features, "--concurrency-range", "1:16:5")
+    levels = re.findall(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec", out)
+    assert [int(c) for c, _ in levels] == [1, 6, 11, 16] and all(float(t) > 0 for _, t in levels)
+    # the requests perf_analyzer counted succeeded, as the statistics extension (over gRPC) says
+    # (its two counts are read at slightly different moments: up to one request per client apart)
+    for client, served in re.findall(r"Request count: (\d+).*?Successful request count: (\d+)", out, re.S):
+        assert int(served) >= int(client) - 16
+
+
+@pytest.mark.skipif(TOOL is None, reason="perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)")
+def test_perf_analyzer_sequence_mode_over_grpc_on_a_stateful_model(server: Server, tmp_path: Path) -> None:
+    out = _run_grpc(server, tmp_path, "uni", 3, "--concurrency-range", "4", "--sequence-length", "5")
+    requests = int(re.search(r"Request count: (\d+)", out)[1])
+    sequences = int(re.search(r"Sequence count: (\d+)", out)[1])
+    assert sequences > 0 and 3 <= requests / sequences <= 7, out[-2000:]  # about 5 chunks per sequence
+    assert int(re.search(r"Successful request count: (\d+)", out)[1]) >= requests - 4

@@ -31,6 +31,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
 CPU, GPU = OVERLAYS
 KSERVE = "kserve"
+KSERVE_GRPC = "kserve-grpc"  # the same InferenceService with protocol grpc-v2 (port h2c first)
 BASE = "base"  # built-in kinds only: applies on a plain cluster
 MONITORED = "examples/monitoring"  # the cpu overlay plus the optional k8s/monitoring component
 

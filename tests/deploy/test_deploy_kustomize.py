@@ -19,10 +19,10 @@ from .crd_schemas import (
     INFERENCE_SERVICE_FRAMEWORK_FIELDS,
     SCHEMAS,
 )
-from .deploy_lib import BASE, CPU, K8S, KSERVE, MONITORED, OVERLAYS, render
+from .deploy_lib import BASE, CPU, K8S, KSERVE, KSERVE_GRPC, MONITORED, OVERLAYS, render
 
 K8S_VERSIONS = sorted({"1.29.0", kubernetes_validate.latest_version()})
-RENDERED = (BASE, *OVERLAYS, MONITORED, KSERVE)
+RENDERED = (BASE, *OVERLAYS, MONITORED, KSERVE, KSERVE_GRPC)
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
@@ -125,3 +125,26 @@ def test_inference_service_predictor_is_a_valid_pod_spec(version: str) -> None:
     assert container["name"] == "kserve-container"
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("PROTOCOL") == "v2", "KServe reads a custom predictor's protocol from env PROTOCOL"
+
+
+def test_the_grpc_v2_inference_service_routes_to_the_grpc_port() -> None:
+    """KServe routes to the first container port; `h2c` makes it speak gRPC to it, on the
+    port the server's gRPC listens on by default (app.config grpc_port)."""
+    from app.config import Settings
+
+    isvc = next(o for o in render(KSERVE_GRPC) if o["kind"] == "InferenceService")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    first = container["ports"][0]
+    assert (first["name"], first["containerPort"]) == ("h2c", Settings.model_fields["grpc_port"].default)
+    assert {e["name"]: e.get("value") for e in container["env"]}["PROTOCOL"] == "grpc-v2"
+
+
+def test_the_service_exposes_the_grpc_port() -> None:
+    from app.config import Settings
+
+    service = next(o for o in render(BASE) if o["kind"] == "Service")
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert (grpc["port"], grpc["targetPort"], grpc["appProtocol"]) == (8001, "grpc", "grpc")
+    pod = next(o for o in render(BASE) if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]}
+    assert ports["grpc"] == Settings.model_fields["grpc_port"].default

@@ -73,12 +73,16 @@ def test_settings_are_valid_for_the_server(directory: str, monkeypatch: pytest.M
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_port_names_agree(overlay: str) -> None:
     """container port name == Service port name == ServiceMonitor endpoint port, and the number
-    is the server's LSTM_SERVE_PORT."""
+    is the server's LSTM_SERVE_PORT; the gRPC port likewise (LSTM_SERVE_GRPC_PORT)."""
     objects = render(overlay)
     container = server_container(predictor_pod_spec(objects))
-    (cport,) = container["ports"]
+    cports = {p["name"]: p for p in container["ports"]}
     service = one(objects, "Service")
-    (sport,) = service["spec"]["ports"]
+    sports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert cports.keys() == sports.keys() == {"http", "grpc"}
+    cport, sport = cports["http"], sports["http"]
+    assert sports["grpc"]["targetPort"] in ("grpc", cports["grpc"]["containerPort"])
+    assert cports["grpc"]["containerPort"] == int(_env(overlay).get("LSTM_SERVE_GRPC_PORT", "8001")) == 8001
     monitor = one(render(MONITORED), "ServiceMonitor")  # the optional component's
     (endpoint,) = monitor["spec"]["endpoints"]
     assert cport["name"] == sport["name"] == endpoint["port"] == "http"
