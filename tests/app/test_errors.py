@@ -79,7 +79,7 @@ def test_unknown_model_metadata_is_404_and_counted_without_its_name(server: Serv
     post(server, "/v2/models/made-up-name/infer", b"{}")
     metrics = server.metrics()
     assert "made-up-name" not in metrics
-    assert 'lstm_serve_requests_total{code="404",model=""}' in metrics
+    assert 'lstm_serve_requests_total{code="404",model="",protocol="http"}' in metrics
 
 
 def _faulty_copy(src: Path, dst: Path) -> None:
@@ -149,6 +149,6 @@ def test_onnx_runtime_failure_fails_only_that_batch(model_repo: Path, tmp_path: 
         assert bad.status_code == 500 and "inference failed on model 'faulty:1'" in bad.json()["error"]
         good = valid(srv, model="faulty", n=2)
         assert good.status_code == 200, good.text
-        assert 'lstm_serve_requests_total{code="500",model="faulty"} 1.0' in srv.metrics()
+        assert 'lstm_serve_requests_total{code="500",model="faulty",protocol="http"} 1.0' in srv.metrics()
     finally:
         srv.stop()
