@@ -30,7 +30,6 @@ from app.http import connections
 from app.http import docs
 from app.http import extensions
 from app import logs
-from app.http import routes
 from app import startup
 from app.processes import supervisor
 from app.http.compression import ResponseCompression
@@ -39,7 +38,7 @@ from app.http.connections import OpenConnections, uvicorn_options
 from app.engine.engine import Engine, LocalEngine
 from app.http.errors import install_handlers
 from app.http.guard import RequestGuard
-from app.http.inference import InferenceFastPath, fast_paths
+from app.http.entry import entry
 from app.metrics import Metrics
 from app.http.middleware import RequestObserver
 from app.processes.remote import RemoteEngine
@@ -81,10 +80,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     app.include_router(extensions.router)  # first: /v2/models/stats is not a model's metadata
     app.include_router(router)
     docs.install(app)
-    # Starlette makes the last added the outermost: the observer sees every request, the fast
-    # path answers inference requests before FastAPI's router, gzip compresses either's answer.
-    app.add_middleware(InferenceFastPath, state=state,
-                       paths=fast_paths(router.routes, (routes.infer, routes.infer_latest)))
+    # Starlette makes the last added the outermost: the observer sees every request. A server
+    # process enters through `app.http.entry` (see `_run`), which answers inference ahead of
+    # this stack with the same guarantees; in-process callers get the routes below.
     app.add_middleware(ResponseCompression, minimum_size=settings.gzip_min_bytes)
     # token, name/version rules and the body deadline, before any endpoint
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
@@ -131,8 +129,10 @@ class _Server(uvicorn.Server):
 
 
 def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+    state: ServerState = app.state.server
+    token = auth.load_token(settings)
     config = uvicorn.Config(
-        app,
+        entry(app, state, auth.BearerAuth(token) if token else None),  # inference flat, the rest through `app`
         host=settings.host,
         port=settings.port,
         loop="auto",
