@@ -103,6 +103,7 @@ def measure(target, bodies: Path, clients: int, seconds: float, scratch: Path, m
         spread.update(connections_per_process(target.port))
 
     m0 = target.metrics() if metrics else None
+    loop0 = proc.main_thread_cpu(target.pid)
     cpu0, busy0, t0 = target.cpu_s(), proc.machine_busy(), time.monotonic()
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -110,6 +111,7 @@ def measure(target, bodies: Path, clients: int, seconds: float, scratch: Path, m
     sampler.join()
     wall = time.monotonic() - t0
     cpu, busy = target.cpu_s() - cpu0, proc.machine_busy() - busy0
+    loop = proc.main_thread_cpu(target.pid) - loop0
     done = w["requests"]
     res = {
         "clients": clients,
@@ -120,6 +122,8 @@ def measure(target, bodies: Path, clients: int, seconds: float, scratch: Path, m
         "machine_busy": busy / wall / (os.cpu_count() or 1),
         "server_cores": cpu / wall,
         "cpu_us_per_req": cpu * 1e6 / max(done, 1),
+        # the event-loop thread of the process started (one process: the whole HTTP path)
+        "loop_cpu_us_per_req": loop * 1e6 / max(done, 1),
         "connections_per_process": sorted(spread.values(), reverse=True),
     }
     if metrics:
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     encodings = args.encodings.split(",")
     bodies = {enc: load.write_bodies(scratch, "fixed", enc, features=8) for enc in encodings}
-    layouts = dict(LAYOUTS)
+    layouts = {n: s for n, s in LAYOUTS.items() if not args.only or n in args.only or n == "one process"}
     if args.baseline:
         layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
     rounds = []
@@ -232,7 +236,11 @@ def report(res: dict) -> str:
         fl = rnd["floor"]["json"]
         lines += [f"## Round {rnd['round']} (load average before: {', '.join(f'{x:.2f}' for x in rnd['load_before'])})", "",
                   f"Floor (uvicorn + uvloop + httptools, body decoded to numpy, constant answer): "
-                  f"**{fl['cpu_us_per_req']:.0f} us CPU/request**, {fl['req_s']:.0f} req/s on {fl['server_cores']:.2f} cores.", "",
+                  f"**{fl['cpu_us_per_req']:.0f} us CPU/request**, {fl['req_s']:.0f} req/s on {fl['server_cores']:.2f} cores.",
+                  "One process: its event-loop thread " + ", ".join(
+                      f"{enc} **{rnd['layouts']['one process'][enc]['loop_cpu_us_per_req']:.0f} us/request**"
+                      for enc in ("json", "binary") if enc in rnd["layouts"]["one process"])
+                  + " (the rest of its CPU is ONNX Runtime's threads).", "",
                   "| layout | body | req/s | vs one process | p50 ms | p99 ms | busy | mean batch | server CPU us/req "
                   "| raw ORT us/row | overhead us | overhead / floor | CPU eff. | conns per process | c=1 p50 ms (raw b1) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -252,8 +260,9 @@ def report(res: dict) -> str:
             loop = p["by_thread_pct"]["event loop thread"]
             lines += ["py-spy, one process, JSON, 32 connections: share of all samples per cost centre "
                       f"({p['samples']} samples; loop thread {p['thread_share_pct']['event loop thread']} %):", "",
-                      "| cost centre | % of all samples |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in loop.items()] + [""]
+                      "| cost centre (loop thread) | % of all samples | % of the loop thread |", "|---|---|---|"]
+            share = p["thread_share_pct"]["event loop thread"] or 1.0
+            lines += [f"| {k} | {v} | {100 * v / share:.1f} |" for k, v in loop.items()] + [""]
     if len(res["rounds"]) > 1:
         names = list(res["rounds"][0]["layouts"])
         lines.append("Across rounds, overhead / floor (JSON): " + ", ".join(
@@ -277,6 +286,8 @@ def main() -> None:
                                                   "one more layout: one process")
     ap.add_argument("--baseline-label", default="baseline")
     ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the one-process server")
+    ap.add_argument("--only", action="append", default=[], metavar="LAYOUT",
+                    help="measure only these layouts (repeatable; 'one process' is always measured)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default="overhead", help="file stem of the results")
     ap.add_argument("--model", choices=("bench", "tiny"), default="bench")
