@@ -150,7 +150,8 @@ def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, then drain: one process, or a supervisor of
     ``settings.workers`` HTTP processes (and the engine process, with ``engine=shared``)."""
     logs.setup(settings.log_level)
-    sock = startup.bind(settings.host, settings.port)  # a taken port fails before models load
+    # a taken port fails before models load; several workers: one socket each (SO_REUSEPORT)
+    sock = startup.bind(settings.host, settings.port, reuseport=settings.workers > 1)
     if settings.workers > 1:
         raise SystemExit(supervisor.run(settings, sock, serve_worker))
     _run(create_app(settings), settings, sock)

@@ -82,8 +82,8 @@ def test_ragged_concurrent_requests_are_exact_and_counted_once(two_workers: Serv
     for model in ("uni", "bi"):
         sent = sum(1 for m, _, _ in jobs if m == model)
         rows = sum(len(ln) for m, _, ln in jobs if m == model)
-        got = counter(after, "lstm_serve_requests_total", model=model, code="200")
-        assert got - counter(before, "lstm_serve_requests_total", model=model, code="200") == sent
+        got = counter(after, "lstm_serve_requests_total", model=model, code="200", protocol="http")
+        assert got - counter(before, "lstm_serve_requests_total", model=model, code="200", protocol="http") == sent
         seqs = counter(after, "lstm_serve_sequences_total", model=model, version="1") - counter(before, "lstm_serve_sequences_total", model=model, version="1")
         assert seqs == rows
     served_by = Counter(d["pid"] for d in two_workers.log_lines() if d.get("logger") == "lstm_serve.access")
