@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     layouts = {n: s for n, s in LAYOUTS.items() if not args.only or n in args.only or n == "one process"}
     if args.baseline:
         layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
+        layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
+                                                                  "_root": str(args.baseline)}
     rounds = []
     for r in range(args.rounds):
         load_before = os.getloadavg()
@@ -283,7 +285,7 @@ def main() -> None:
     ap.add_argument("--access-log", type=lambda s: s.lower() in ("1", "true", "on"), default=True,
                     help="the servers' access log (default on, as deployed)")
     ap.add_argument("--baseline", type=Path, help="another checkout's root (git archive of the commit before), run as "
-                                                  "one more layout: one process")
+                                                  "two more layouts: one process, two copies")
     ap.add_argument("--baseline-label", default="baseline")
     ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the one-process server")
     ap.add_argument("--only", action="append", default=[], metavar="LAYOUT",
