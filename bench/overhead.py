@@ -240,7 +240,7 @@ def report(res: dict) -> str:
                   f"Floor (uvicorn + uvloop + httptools, body decoded to numpy, constant answer): "
                   f"**{fl['cpu_us_per_req']:.0f} us CPU/request**, {fl['req_s']:.0f} req/s on {fl['server_cores']:.2f} cores.",
                   "One process: its event-loop thread " + ", ".join(
-                      f"{enc} **{rnd['layouts']['one process'][enc]['loop_cpu_us_per_req']:.0f} us/request**"
+                      f"{enc} **{rnd['layouts']['one process'][enc].get('loop_cpu_us_per_req', float('nan')):.0f} us/request**"
                       for enc in ("json", "binary") if enc in rnd["layouts"]["one process"])
                   + " (the rest of its CPU is ONNX Runtime's threads).", "",
                   "| layout | body | req/s | vs one process | p50 ms | p99 ms | busy | mean batch | server CPU us/req "
