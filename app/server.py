@@ -30,7 +30,6 @@ from app.http import connections
 from app.http import docs
 from app.http import extensions
 from app import logs
-from app.http import routes
 from app import startup
 from app.processes import supervisor
 from app.http.compression import ResponseCompression
@@ -40,7 +39,7 @@ from app.engine.engine import Engine, LocalEngine
 from app.grpc import server as grpc_server
 from app.http.errors import install_handlers
 from app.http.guard import RequestGuard
-from app.http.inference import InferenceFastPath, fast_paths
+from app.http.entry import entry
 from app.metrics import Metrics
 from app.http.middleware import RequestObserver
 from app.processes.remote import RemoteEngine
@@ -85,10 +84,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
     app.include_router(extensions.router)  # first: /v2/models/stats is not a model's metadata
     app.include_router(router)
     docs.install(app)
-    # Starlette makes the last added the outermost: the observer sees every request, the fast
-    # path answers inference requests before FastAPI's router, gzip compresses either's answer.
-    app.add_middleware(InferenceFastPath, state=state,
-                       paths=fast_paths(router.routes, (routes.infer, routes.infer_latest)))
+    # Starlette makes the last added the outermost: the observer sees every request. A server
+    # process enters through `app.http.entry` (see `_run`), which answers inference ahead of
+    # this stack with the same guarantees; in-process callers get the routes below.
     app.add_middleware(ResponseCompression, minimum_size=settings.gzip_min_bytes)
     # token, name/version rules and the body deadline, before any endpoint
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, auth=auth.BearerAuth(token) if token else None)
@@ -135,8 +133,10 @@ class _Server(uvicorn.Server):
 
 
 def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+    state: ServerState = app.state.server
+    token = auth.load_token(settings)
     config = uvicorn.Config(
-        app,
+        entry(app, state, auth.BearerAuth(token) if token else None),  # inference flat, the rest through `app`
         host=settings.host,
         port=settings.port,
         loop="auto",
@@ -154,7 +154,8 @@ def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, then drain: one process, or a supervisor of
     ``settings.workers`` HTTP processes (and the engine process, with ``engine=shared``)."""
     logs.setup(settings.log_level)
-    sock = startup.bind(settings.host, settings.port)  # a taken port fails before models load
+    # a taken port fails before models load; several workers: one socket each (SO_REUSEPORT)
+    sock = startup.bind(settings.host, settings.port, reuseport=settings.workers > 1)
     if settings.workers > 1:
         raise SystemExit(supervisor.run(settings, sock, serve_worker))
     _run(create_app(settings), settings, sock)

@@ -31,12 +31,31 @@ class StartupError(RuntimeError):
     engine's ``RepositoryError``) so that this module needs none of them."""
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuseport: bool = False) -> socket.socket:
     """The server's listening socket, bound before models load so that a taken port fails in
-    a second, with the fix named, instead of after loading (uvicorn then listens on it)."""
+    a second, with the fix named, instead of after loading (uvicorn then listens on it).
+
+    ``reuseport``: with several HTTP workers each listens on a socket of its own in one
+    SO_REUSEPORT group (``supervisor``); the port is first bound without it, so that a port
+    another server holds (with SO_REUSEPORT or not) still fails here instead of being shared."""
+    if reuseport:
+        _bind(host, port, reuseport=False).close()
+    return _bind(host, port, reuseport)
+
+
+def also_listen(first: socket.socket) -> socket.socket:
+    """Another socket in ``first``'s SO_REUSEPORT group, on the same address: the kernel spreads
+    new connections across the group's listening sockets, one per HTTP worker."""
+    host, port = first.getsockname()[:2]
+    return _bind(host, port, reuseport=True)
+
+
+def _bind(host: str, port: int, reuseport: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -72,8 +72,12 @@ class ServerProcess:
 TEST_WORKERS = "LSTM_SERVE_TEST_WORKERS"
 
 
-def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, **settings: object) -> ServerProcess:
+def start_server(
+    repository: Path, log_dir: Path, ready_timeout: float = 90.0, root: Path | None = None, **settings: object
+) -> ServerProcess:
     """Start a server with ``LSTM_SERVE_<KEY>`` settings and wait until it reports ready.
+
+    ``root``: run ``python -m app`` from another checkout (the benchmark's "before" baseline).
 
     ``LSTM_SERVE_TEST_WORKERS`` in the caller's environment sets ``workers`` for servers that do
     not choose it, so one suite runs against one process and against several."""
@@ -90,7 +94,7 @@ def start_server(repository: Path, log_dir: Path, ready_timeout: float = 90.0, *
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app"], env=env, cwd=root or ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
     grpc_port = settings["grpc_port"]
     server = ServerProcess(proc, port, log_path, {k: str(v) for k, v in settings.items()},

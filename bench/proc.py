@@ -47,6 +47,17 @@ def pid_cpu(pid: int, children: bool = True) -> float:
     return (utime + stime + ((cutime + cstime) if children else 0)) / TICK
 
 
+def main_thread_cpu(pid: int) -> float:
+    """utime+stime of a process's main thread (the event loop in our servers), seconds."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (a multi-process server: supervisor, engine, workers)."""
     out, todo = [], [pid]

@@ -25,7 +25,7 @@ CENTRES: list[tuple[str, re.Pattern[str]]] = [
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
     ("access log (logging + JSON)", re.compile(r"logging/|app/logs\.py")),
     ("batcher (app.engine.batcher)", re.compile(r"app/engine/batcher\.py")),
-    ("route + middleware (app.http.inference, app.http.routes, app.http.middleware)", re.compile(r"app/(http/(inference|routes|middleware|guard|compression|state|errors)|v2/errors|engine/repository)\.py")),
+    ("route + middleware (app.http.entry, inference, routes, middleware, guard)", re.compile(r"app/(http/(entry|inference|routes|middleware|guard|compression|state|errors|paths|auth)|v2/errors|engine/repository)\.py")),
     ("FastAPI / Starlette", re.compile(r"fastapi/|starlette/|anyio/|pydantic")),
     ("uvicorn HTTP (httptools)", re.compile(r"uvicorn/")),
     ("worker threads (concurrent.futures)", re.compile(r"concurrent/futures|threading\.py")),

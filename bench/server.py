@@ -37,9 +37,10 @@ class Server(ServerProcess):
         return code
 
 
-def start(repository: Path, log_dir: Path, settings: dict[str, object]) -> Server:
-    """Start a server with ``LSTM_SERVE_<KEY>`` settings; wait until ready (90 s at most)."""
-    p = start_server(repository, log_dir, **settings)
+def start(repository: Path, log_dir: Path, settings: dict[str, object], root: Path | None = None) -> Server:
+    """Start a server with ``LSTM_SERVE_<KEY>`` settings; wait until ready (90 s at most).
+    ``root``: another checkout to run (a "before" baseline), else this one."""
+    p = start_server(repository, log_dir, root=root, **settings)
     proc.track(p.pid)
     return Server(p.proc, p.port, p.log_path, p.settings, p.grpc_port)
 

@@ -3,12 +3,12 @@
 Why not a plain FastAPI route: on two cores the HTTP path competes with ONNX Runtime for CPU.
 py-spy on the server under 32 clients (bench/results/raw) put about 30 % of all CPU samples in
 FastAPI's routing, dependency solving and exception layers between the middleware and the
-endpoint, more than decoding and encoding together. ``InferenceFastPath`` answers
-``POST /v2/models/{name}[/versions/{v}]/infer`` itself and passes everything else on. The
-FastAPI route of the same path stays, for the OpenAPI document and for in-process clients, and
-calls the same :func:`infer`. There is one route table: the fast path matches with the compiled
-patterns of the router's own inference routes (:func:`fast_paths`), so a path changed there
-changes here.
+endpoint, more than decoding and encoding together. ``app.http.entry.InferenceEntry`` answers
+``POST /v2/models/{name}[/versions/{v}]/infer`` with :func:`infer`, ahead of FastAPI and its
+middleware, and passes everything else on. The FastAPI route of the same path stays, for the
+OpenAPI document and for in-process clients, and calls the same :func:`infer`. There is one
+route table: the entry matches with the compiled patterns of the router's own inference routes
+(:func:`fast_paths`), so a path changed there changes here.
 
 The order of checks keeps overload cheap: a request is refused before its body is decoded, but
 only after it is read (answering before reading resets the client's connection).
@@ -21,13 +21,13 @@ import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from app.http import compression
 from app.http import decoding
 from app.http import codec
-from app.contract import ContractError
-from app.v2.errors import InvalidInput, PayloadTooLarge, RequestTimeout, ServingError, ShuttingDown, render
+from app.http.connections import BODY_EXPIRED
+from app.v2.errors import BodyTimeout, InvalidInput, PayloadTooLarge, RequestTimeout, ShuttingDown
 from app.v2.request import Limits
 from app.v2.sequences import Job
 from app.http.state import ServerState
@@ -38,14 +38,21 @@ _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The whole request body, refused with 413 as soon as it is known to exceed ``limit``."""
+async def read_body(
+    receive: Receive, declared: str | None, limit: int, scope: Scope | None = None, timeout_s: float = 0.0
+) -> bytes:
+    """The whole request body, refused with 413 as soon as it is known to exceed ``limit``.
+
+    ``scope``: the request's, when no ``guard.deadline_receive`` wraps ``receive`` (the flat
+    entry): a body that ``connections`` flagged as late raises BodyTimeout (408) here."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
+        if scope is not None and BODY_EXPIRED in scope:
+            raise BodyTimeout(f"request body not complete within body_timeout_s={timeout_s:g}; closing the connection")
         if message["type"] == "http.disconnect":
             raise InvalidInput("client disconnected before the body was complete")
         chunk = message.get("body", b"")
@@ -64,11 +71,13 @@ async def infer(
     receive: Receive,
     headers: dict[str, str],
     info: MutableMapping[str, Any],
+    scope: Scope | None = None,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Run one inference request; returns (body, response headers). Raises ServingError.
 
     ``headers`` holds the request's :data:`REQUEST_HEADERS` that were sent;
-    ``info`` (the ASGI scope's state) receives what the access log and metrics report.
+    ``info`` (the ASGI scope's state) receives what the access log and metrics report;
+    ``scope``: given when ``receive`` is not wrapped by the guard's body deadline.
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
@@ -81,7 +90,7 @@ async def infer(
     engine.hold(model)
     try:
         limit = state.settings.max_request_bytes
-        body = await read_body(receive, headers.get("content-length"), limit)
+        body = await read_body(receive, headers.get("content-length"), limit, scope, state.settings.body_timeout_s)
         engine.admit(model)
         body = compression.decode_body(body, headers.get("content-encoding"), limit)
         limits = state.limits
@@ -124,43 +133,3 @@ def fast_paths(routes: Iterable[Any], endpoints: Iterable[Any]) -> list[re.Patte
     if len(found) != len(wanted):
         raise RuntimeError(f"the inference fast path found {len(found)} routes for {len(wanted)} endpoints")
     return found
-
-
-class InferenceFastPath:
-    """ASGI middleware: answers inference requests directly, passes everything else on.
-
-    ``paths``: the inference routes' patterns, from the router (:func:`fast_paths`)."""
-
-    def __init__(self, app: ASGIApp, state: ServerState, paths: list[re.Pattern[str]]) -> None:
-        self.app = app
-        self.state = state
-        self.paths = paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            for pattern in self.paths:
-                match = pattern.match(path)
-                if match is not None:
-                    break
-        if match is None:
-            await self.app(scope, receive, send)
-            return
-        params = match.groupdict()
-        wanted = {}
-        for key, value in scope["headers"]:
-            if key == b"content-length" or key == b"inference-header-content-length" or key == b"content-encoding":
-                wanted[key.decode()] = value.decode("latin-1")
-        info = scope.setdefault("state", {})
-        try:
-            body, headers = await infer(self.state, params["name"], params.get("version"), receive, wanted, info)
-            status = 200
-        except (ServingError, ContractError) as exc:
-            err = render(exc)
-            info["error"] = err.message
-            status, body = err.status, err.body
-            headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ error) into the scope's state; this layer reads it once the response has gone ou
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -21,6 +22,30 @@ from app.metrics import Metrics
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNT = itertools.count()
+
+
+def _new_process_ids() -> None:
+    global _ID_PREFIX, _ID_COUNT
+    _ID_PREFIX, _ID_COUNT = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_process_ids)
+
+
+def request_id(sent: bytes | None) -> str:
+    """The request's id: the client's ``X-Request-ID`` when it is a safe token (it is echoed in
+    a header and logged), else a new one: 32 hex digits, a random 64-bit prefix per process and a
+    counter. Unique without a system call per request (``os.urandom`` per request was ~3 % of the
+    event loop under load); an id names a request, it is not a secret."""
+    if sent is not None:
+        candidate = sent.decode("latin-1")
+        if _VALID_ID.match(candidate):
+            return candidate
+    return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
+
+
 class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
         self.app = app
@@ -32,13 +57,12 @@ class RequestObserver:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = None
+        sent = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
-                candidate = value.decode("latin-1")
-                rid = candidate if _VALID_ID.match(candidate) else None
+                sent = value
                 break
-        rid = rid or os.urandom(16).hex()  # as random as uuid4().hex, a fifth of its cost
+        rid = request_id(sent)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         status = 0

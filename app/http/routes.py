@@ -114,7 +114,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     Body: a KServe v2 inference request. Input ``input`` FP32 [n, time, features] (n sequences
     of one length), optional ``sequence_lens`` INT32 [n] for right-padded rows, optional
     ``initial_h``/``initial_c`` (unidirectional models) to continue from a carried state.
-    Served by ``inference.InferenceFastPath`` ahead of this router; this route documents the
+    Served by ``entry.InferenceEntry`` ahead of FastAPI in a server process; this route documents the
     endpoint and answers in-process callers with the same code.
     """
     headers = {k: v for k, v in request.headers.items() if k in inference.REQUEST_HEADERS}

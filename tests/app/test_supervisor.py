@@ -110,7 +110,12 @@ def test_batches_form_across_workers(model_repo: Path, tmp_path: Path) -> None:
             with concurrent.futures.ThreadPoolExecutor(n) as pool:
                 responses = list(pool.map(call, range(n)))
             assert all(r.status_code == 200 for r in responses)
-            pid_of = {d["request_id"]: d["pid"] for d in srv.log_lines() if d.get("logger") == "lstm_serve.access"}
+            deadline = time.monotonic() + 5  # access lines go out at the end of their loop turn
+            while True:
+                pid_of = {d["request_id"]: d["pid"] for d in srv.log_lines() if d.get("logger") == "lstm_serve.access"}
+                if {r.headers["x-request-id"] for r in responses} <= set(pid_of) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             per_worker = Counter(pid_of[r.headers["x-request-id"]] for r in responses)
             if len(per_worker) == 2:
                 break

@@ -1,0 +1,151 @@
+"""The process's ASGI entry: inference in one flat frame, every other request through FastAPI.
+
+Why: py-spy on one process at 32 connections (bench/results/profile-*.md) put ~43 % of the
+event-loop thread in the ASGI layers wrapped around the inference fast path (Starlette's error
+layer, RequestObserver, RequestGuard, ResponseCompression, each wrapping send or receive), as
+much as the inference path itself. :class:`InferenceEntry` answers
+``POST /v2/models/{name}[/versions/{v}]/infer`` itself and does, inline and in the same order,
+what those layers did for it:
+
+1. request id (``X-Request-ID`` when valid, else a random one), the in-flight gauge, the clock;
+2. the guard: bearer token (401), model name and version rules on the raw path (400), the body
+   deadline (408, checked by :func:`app.http.inference.read_body` at each ``receive``);
+3. :func:`app.http.inference.infer` (limits 413/400, 503 + Retry-After while draining, ...);
+4. gzip for clients that accept it, answers of at least ``gzip_min_bytes`` (as Starlette's
+   GZipMiddleware: ``Content-Encoding``, ``Vary``, level 9, large bodies off the loop);
+5. ``X-Request-ID`` on the answer; a bug is a 500 that still carries it;
+6. once the answer is sent: the request histogram and counter, and the access line.
+
+Every other request (and the lifespan) goes to the FastAPI app with today's middleware stack
+unchanged. The FastAPI inference routes stay for the OpenAPI document and in-process callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.contract import ContractError
+from app.http import compression, paths, routes
+from app.http.auth import BearerAuth
+from app.http.inference import fast_paths, infer
+from app.http.middleware import request_id
+from app.http.state import ServerState
+from app.logs import AccessLog
+from app.v2.errors import ServingError, render
+
+log = logging.getLogger("lstm_serve.errors")
+
+_JSON = (b"content-type", b"application/json")
+_WANTED = {b"content-length": "content-length", b"inference-header-content-length": "inference-header-content-length",
+           b"content-encoding": "content-encoding"}
+
+
+class InferenceEntry:
+    """ASGI: inference requests served here with every guarantee of the layers they skip;
+    anything else handed to ``app`` (the FastAPI app with its middleware)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: ServerState,
+        paths: list[re.Pattern[str]],
+        auth: BearerAuth | None,
+        gzip_min_bytes: int,
+        access_log: bool,
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.paths = paths
+        self.auth = auth
+        self.gzip_min_bytes = gzip_min_bytes
+        self.metrics = state.metrics
+        self.access = AccessLog(access_log)
+        self.pid = os.getpid()  # which HTTP worker answered, when there are several
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            for pattern in self.paths:
+                match = pattern.match(path)
+                if match is not None:
+                    await self._infer(scope, receive, send, match)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
+        start = time.perf_counter()
+        rid_header: bytes | None = None
+        accept: bytes | None = None
+        wanted: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            name = _WANTED.get(key)
+            if name is not None:
+                wanted[name] = value.decode("latin-1")
+            elif key == b"x-request-id":
+                if rid_header is None:
+                    rid_header = value
+            elif key == b"accept-encoding" and accept is None:
+                accept = value
+        rid = request_id(rid_header)
+        info: dict[str, Any] = {}
+        status = 0
+        metrics = self.metrics
+        metrics.inflight.inc()
+        try:
+            try:
+                body, headers = await self._answer(scope, receive, match, wanted, info)
+                status = 200
+            except (ServingError, ContractError) as exc:
+                err = render(exc)
+                info["error"] = err.message
+                status, body = err.status, err.body
+                headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
+            except Exception as exc:  # a bug: logged, answered 500 without internals
+                log.error("unhandled error", exc_info=exc)
+                info["error"] = message = f"internal error: {type(exc).__name__}"
+                status, body, headers = 500, orjson.dumps({"error": message}), [_JSON]
+            if accept is not None and len(body) >= self.gzip_min_bytes and b"gzip" in accept.lower():
+                body = await compression.gzip_body(body)
+                headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
+            headers += [(b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.inflight.dec()
+            elapsed = time.perf_counter() - start
+            model = info.get("model", "")
+            code = status or 500
+            metrics.observe_request(model, code, elapsed)
+            if self.access.enabled:
+                self.access.write({
+                    "request_id": rid, "model": model, "version": info.get("version"), "code": code,
+                    "latency_ms": round(elapsed * 1000, 3), "batch_size": info.get("batch_size"),
+                    "queue_ms": info.get("queue_ms"), "inference_ms": info.get("inference_ms"),
+                    "error": info.get("error"), "pid": self.pid,
+                })
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, match: re.Match[str], wanted: dict[str, str], info: dict[str, Any]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The guard's checks, then the inference itself (raises ServingError)."""
+        if self.auth is not None:  # every inference path is under /v2/models/: protected
+            self.auth.check(scope["headers"])
+        if paths.from_raw_path(scope.get("raw_path") or scope["path"].encode("utf-8")) and scope["query_string"]:
+            paths.check_query(scope["query_string"])
+        params = match.groupdict()
+        return await infer(self.state, params["name"], params.get("version"), receive, wanted, info, scope)
+
+
+def entry(app: ASGIApp, state: ServerState, auth: BearerAuth | None) -> InferenceEntry:
+    """The ASGI app a server process runs: :class:`InferenceEntry` in front of ``app``."""
+    settings = state.settings
+    return InferenceEntry(app, state, fast_paths(routes.router.routes, (routes.infer, routes.infer_latest)),
+                          auth, settings.gzip_min_bytes, settings.access_log)
+

@@ -1,0 +1,306 @@
+"""``python -m bench.overhead``: the server's per-request overhead against the HTTP floor, one run.
+
+Per round, on the same machine, model and body (one 50-step sequence, 32 wrk connections):
+
+* the **floor** (``bench.floor``): uvicorn + uvloop + httptools, the body read and decoded into
+  a numpy array, a constant small answer: the least this stack spends on a request;
+* **raw ONNX Runtime** (``bench.rawort``) with each layout's session settings, at batches
+  1..32: CPU per row, interpolated at the batch the server formed;
+* each **layout** of the server (one process, shared engine, two copies), and, with
+  ``--baseline DIR``, one process of another checkout (a ``git archive`` of the commit before
+  the work) in the same round.
+
+Reported per layout: server CPU per request (its whole process tree), raw ORT CPU per row at
+the server's mean batch, the floor's CPU per request, the overhead ratio
+``(server - raw) / floor`` (target <= 2.0), CPU efficiency ``raw / server``, throughput, and for
+several workers the connections each worker held (max/min, sampled with ``ss`` mid-run).
+Writes ``overhead.json`` and ``overhead.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from app.testing import free_port
+
+from . import load, proc
+from . import profile as prof
+from . import server as srvmod
+from .suite import effective_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+LAYOUTS: dict[str, dict[str, object]] = {
+    "one process": {"workers": 1},
+    "shared engine": {"workers": 2},
+    "two copies": {"workers": 2, "engine": "per_worker"},
+}
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+class Floor:
+    """``python -m bench.floor`` on a free port, ready once it answers."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--port", str(self.port)], cwd=ROOT)
+        proc.track(self.proc.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("floor server not ready")
+
+    url = property(lambda self: f"http://127.0.0.1:{self.port}")
+    pid = property(lambda self: self.proc.pid)
+
+    def cpu_s(self) -> float:
+        return proc.tree_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        proc.untrack(self.proc.pid)
+
+
+def connections_per_process(port: int) -> dict[int, int]:
+    """Established connections on the server's port, by the pid that holds each socket."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    count: dict[int, int] = {}
+    for line in out.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        for p in pids:
+            count[p] = count.get(p, 0) + 1
+    return count
+
+
+def measure(target, bodies: Path, clients: int, seconds: float, scratch: Path, metrics: bool = True) -> dict:  # type: ignore[no-untyped-def]
+    """One closed-loop phase on ``target`` (a bench Server or the Floor), CPU read around it;
+    the connections per process are sampled one second in."""
+    url = f"{target.url}/v2/models/bench/infer"
+    spread: dict[int, int] = {}
+
+    def sample() -> None:
+        time.sleep(min(1.0, seconds / 2))
+        spread.update(connections_per_process(target.port))
+
+    m0 = target.metrics() if metrics else None
+    loop0 = proc.main_thread_cpu(target.pid)
+    cpu0, busy0, t0 = target.cpu_s(), proc.machine_busy(), time.monotonic()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    w = load.run_wrk(url, bodies, clients, seconds, scratch)
+    sampler.join()
+    wall = time.monotonic() - t0
+    cpu, busy = target.cpu_s() - cpu0, proc.machine_busy() - busy0
+    loop = proc.main_thread_cpu(target.pid) - loop0
+    done = w["requests"]
+    res = {
+        "clients": clients,
+        "req_s": done / (w["duration_us"] / 1e6),
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "errors": sum(w["errors"].values()) + w["non2xx"],
+        "machine_busy": busy / wall / (os.cpu_count() or 1),
+        "server_cores": cpu / wall,
+        "cpu_us_per_req": cpu * 1e6 / max(done, 1),
+        # the event-loop thread of the process started (one process: the whole HTTP path)
+        "loop_cpu_us_per_req": loop * 1e6 / max(done, 1),
+        "connections_per_process": sorted(spread.values(), reverse=True),
+    }
+    if metrics:
+        res["mean_batch"] = srvmod.histogram_delta(m0, target.metrics(), "lstm_serve_batch_size", "bench")["mean"]
+    return res
+
+
+def raw_curve(model: Path, settings: dict, seconds: float) -> dict:
+    """Raw ORT with a layout's session settings (threads, spinning, arena, callers = batches in
+    flight; per engine process): CPU-us per row and p50 per batch."""
+    s = effective_settings(settings)
+    cfg = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
+           "arena": int(bool(s["cpu_mem_arena"]))}
+    k = int(s["max_batches_in_flight"])
+    cases = ",".join(f"{b}x{k}" for b in BATCHES) + ",1x1"
+    cmd = [sys.executable, "-m", "bench.rawort", str(model), "--config", json.dumps(cfg), "--cases", cases,
+           "--seconds", str(seconds)]
+    res = json.loads(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()[-1])
+    return {"config": cfg, "callers": k, "cases": res["cases"]}
+
+
+def at_batch(curve: dict, batch: float, key: str = "cpu_ms_per_seq") -> float:
+    """A raw curve's value at a (mean, fractional) batch, interpolated on log2(batch)."""
+    pts = sorted((c["batch"], c[key]) for c in curve["cases"] if c["callers"] == curve["callers"])
+    return float(np.interp(math.log2(max(batch, 1.0)), np.log2([p[0] for p in pts]), [p[1] for p in pts]))
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .__main__ import model_path
+
+    model = model_path(args.model)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    encodings = args.encodings.split(",")
+    bodies = {enc: load.write_bodies(scratch, "fixed", enc, features=8) for enc in encodings}
+    layouts = {n: s for n, s in LAYOUTS.items() if not args.only or n in args.only or n == "one process"}
+    if args.baseline:
+        layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
+        layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
+                                                                  "_root": str(args.baseline)}
+    rounds = []
+    for r in range(args.rounds):
+        load_before = os.getloadavg()
+        floor = Floor()
+        try:
+            load.run_wrk(f"{floor.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+            fl = {enc: measure(floor, bodies[enc], 32, args.seconds, scratch, metrics=False)
+                  for enc in encodings if enc == "json"}
+        finally:
+            floor.stop()
+        row: dict[str, dict] = {}
+        curves: dict[str, dict] = {}
+        for name, settings in layouts.items():
+            settings = dict(settings)
+            root = settings.pop("_root", None)
+            key = json.dumps({k: v for k, v in settings.items() if k != "engine"}, sort_keys=True)
+            if key not in curves:
+                curves[key] = raw_curve(model, settings, args.raw_seconds)
+            srv = srvmod.start(model.parents[2], scratch / "logs", {"access_log": str(args.access_log).lower(), **settings},
+                               root=Path(root) if root else None)
+            try:
+                load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)  # warm-up
+                d = {enc: measure(srv, bodies[enc], 32, args.seconds, scratch) for enc in encodings}
+                if name == "one process" and args.profile and r == 0:
+                    d["profile"] = profile(srv, bodies["json"], args.profile, scratch)
+                d["c1"] = measure(srv, bodies["json"], 1, max(args.seconds / 2, 2), scratch)
+            finally:
+                srv.stop()
+            curve = curves[key]
+            for enc in encodings:
+                m = d[enc]
+                raw_us = at_batch(curve, m["mean_batch"]) * 1000
+                m["raw_cpu_us_per_row"] = raw_us
+                m["overhead_us"] = m["cpu_us_per_req"] - raw_us
+                m["overhead_x_floor"] = m["overhead_us"] / fl["json"]["cpu_us_per_req"]
+                m["cpu_efficiency"] = raw_us / m["cpu_us_per_req"]
+            d["raw_b1_p50_ms"] = at_batch(curve, 1, "p50_ms")
+            d["raw_b1_p50_ms_1caller"] = next(c["p50_ms"] for c in curve["cases"] if c["batch"] == 1 and c["callers"] == 1)
+            row[name] = d
+        one = row["one process"]["json"]["req_s"]
+        ratios = {n: d["json"]["req_s"] / one for n, d in row.items()}
+        rounds.append({"round": r + 1, "load_before": load_before, "floor": fl, "raw": curves, "layouts": row,
+                       "req_s_vs_one_process": ratios})
+        print(json.dumps({"round": r + 1, "floor_us": fl["json"]["cpu_us_per_req"],
+                          "overhead_x_floor": {n: round(d["json"]["overhead_x_floor"], 2) for n, d in row.items()},
+                          "vs_one": {n: round(v, 2) for n, v in ratios.items()}}), flush=True)
+    return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "model": args.model,
+            "access_log": args.access_log, "rounds": rounds}
+
+
+def profile(srv: srvmod.Server, bodies: Path, seconds: float, scratch: Path) -> dict:
+    """py-spy on the one-process server under 32-connection JSON load (loop-thread shares)."""
+    url = f"{srv.url}/v2/models/bench/infer"
+    cmd = [load.wrk_path() or "wrk", "-t1", "-c32", f"-d{seconds + 3:.0f}s", "--timeout", "30s",
+           "-s", str(scratch / "bench.lua"), url, "--", str(bodies)]
+    w = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.track(w.pid)
+    time.sleep(1)
+    res = prof.record(srv.pid, seconds, scratch / "profile.raw")
+    w.wait()
+    proc.untrack(w.pid)
+    return res
+
+
+def report(res: dict) -> str:
+    lines = [f"# Per-request overhead against the HTTP floor ({res['cores']} cores, same run)", "",
+             f"`{res['command']}`, {res['started']}, {res['seconds']:.0f} s per phase, 32 wrk connections, one "
+             f"50-step sequence per request (model `{res['model']}`), access log "
+             f"{'on' if res['access_log'] else 'off'}. CPU = the server's whole process tree. "
+             "overhead = (server CPU/request - raw ORT CPU/row at the server's mean batch) / floor CPU/request.", ""]
+    for rnd in res["rounds"]:
+        fl = rnd["floor"]["json"]
+        lines += [f"## Round {rnd['round']} (load average before: {', '.join(f'{x:.2f}' for x in rnd['load_before'])})", "",
+                  f"Floor (uvicorn + uvloop + httptools, body decoded to numpy, constant answer): "
+                  f"**{fl['cpu_us_per_req']:.0f} us CPU/request**, {fl['req_s']:.0f} req/s on {fl['server_cores']:.2f} cores.",
+                  "One process: its event-loop thread " + ", ".join(
+                      f"{enc} **{rnd['layouts']['one process'][enc].get('loop_cpu_us_per_req', float('nan')):.0f} us/request**"
+                      for enc in ("json", "binary") if enc in rnd["layouts"]["one process"])
+                  + " (the rest of its CPU is ONNX Runtime's threads).", "",
+                  "| layout | body | req/s | vs one process | p50 ms | p99 ms | busy | mean batch | server CPU us/req "
+                  "| raw ORT us/row | overhead us | overhead / floor | CPU eff. | conns per process | c=1 p50 ms (raw b1) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, d in rnd["layouts"].items():
+            for enc in [k for k in ("json", "binary") if k in d]:
+                m = d[enc]
+                conns = "/".join(str(c) for c in m["connections_per_process"]) if len(m["connections_per_process"]) > 1 else ""
+                one = rnd["layouts"]["one process"][enc]["req_s"]
+                lines.append(
+                    f"| {name} | {enc} | {m['req_s']:.0f} | {m['req_s'] / one:.2f}x | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+                    f"{m['machine_busy']:.0%} | {m['mean_batch']:.1f} | {m['cpu_us_per_req']:.0f} | {m['raw_cpu_us_per_row']:.0f} | "
+                    f"{m['overhead_us']:.0f} | **{m['overhead_x_floor']:.2f}x** | {m['cpu_efficiency']:.2f} | {conns} | "
+                    + (f"{d['c1']['p50_ms']:.2f} ({d['raw_b1_p50_ms_1caller']:.2f}) |" if enc == "json" else "|"))
+        lines.append("")
+        p = rnd["layouts"]["one process"].get("profile")
+        if p and "by_thread_pct" in p:
+            loop = p["by_thread_pct"]["event loop thread"]
+            lines += ["py-spy, one process, JSON, 32 connections: share of all samples per cost centre "
+                      f"({p['samples']} samples; loop thread {p['thread_share_pct']['event loop thread']} %):", "",
+                      "| cost centre (loop thread) | % of all samples | % of the loop thread |", "|---|---|---|"]
+            share = p["thread_share_pct"]["event loop thread"] or 1.0
+            lines += [f"| {k} | {v} | {100 * v / share:.1f} |" for k, v in loop.items()] + [""]
+    if len(res["rounds"]) > 1:
+        names = list(res["rounds"][0]["layouts"])
+        lines.append("Across rounds, overhead / floor (JSON): " + ", ".join(
+            f"{n} {statistics.mean(r['layouts'][n]['json']['overhead_x_floor'] for r in res['rounds']):.2f}" for n in names))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        print(report(json.loads(Path(sys.argv[2]).read_text())))
+        return
+    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per 32-connection phase")
+    ap.add_argument("--raw-seconds", type=float, default=0.5, help="seconds per raw ORT batch size")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--encodings", default="json,binary")
+    ap.add_argument("--access-log", type=lambda s: s.lower() in ("1", "true", "on"), default=True,
+                    help="the servers' access log (default on, as deployed)")
+    ap.add_argument("--baseline", type=Path, help="another checkout's root (git archive of the commit before), run as "
+                                                  "two more layouts: one process, two copies")
+    ap.add_argument("--baseline-label", default="baseline")
+    ap.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy the one-process server")
+    ap.add_argument("--only", action="append", default=[], metavar="LAYOUT",
+                    help="measure only these layouts (repeatable; 'one process' is always measured)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="overhead", help="file stem of the results")
+    ap.add_argument("--model", choices=("bench", "tiny"), default="bench")
+    args = ap.parse_args()
+    res = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
+    text = report(res)
+    (args.out / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
