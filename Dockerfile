@@ -37,6 +37,9 @@ ARG ORT_VERSION=1.31.1
 ARG PYTHON=python3.12
 # Empty: CUDA and cuDNN come from the base image (nvidia/cuda). `cuda,cudnn`: from PyPI wheels.
 ARG ORT_GPU_EXTRAS=
+# grpcio-tools generates the gRPC front end's protobuf modules (app/grpc/protos/generate.py) in
+# the builder only; the runtime venv gets grpcio and protobuf, never the generator.
+ARG GRPC_TOOLS_VERSION=1.85.4
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS os-gpu
@@ -79,6 +82,14 @@ RUN apt-get update \
 WORKDIR /src
 # The build context is an allowlist (.dockerignore): pyproject.toml, app/ and models/ only.
 COPY . /src
+# The gRPC modules (not in git) from app/grpc/protos, before the install packages them.
+ARG GRPC_TOOLS_VERSION
+RUN "${PYTHON}" -m venv /tmp/protoc \
+    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /tmp/protoc/bin/pip install --no-cache-dir --disable-pip-version-check \
+        "grpcio-tools==${GRPC_TOOLS_VERSION}" \
+    && rm -rf app/grpc/generated \
+    && /tmp/protoc/bin/python app/grpc/protos/generate.py \
+    && rm -rf /tmp/protoc
 # Exactly one ONNX Runtime package: the extra of this variant, pinned by a constraint. The
 # project itself comes from pyproject.toml (its `export` extra, torch and onnx, is never asked for).
 # ORT_GPU_EXTRAS (gpu only) adds the wheel's CUDA/cuDNN extras to the same install.
@@ -92,6 +103,8 @@ RUN "${PYTHON}" -m venv /opt/venv \
     && /opt/venv/bin/pip uninstall --yes pip
 # Fail the build if the venv is wrong: both ORT packages, the other variant's, or training deps.
 RUN ["/opt/venv/bin/python", "-c", "import importlib.metadata as md, os, sys; names = {d.metadata['Name'].lower().replace('_', '-') for d in md.distributions()}; want = {'gpu': 'onnxruntime-gpu', 'cpu': 'onnxruntime'}[os.environ['VARIANT']]; ort = sorted(names & {'onnxruntime', 'onnxruntime-gpu'}); bad = sorted(names & {'torch', 'onnx', 'onnxscript', 'tensorflow', 'jax'}); sys.exit(0 if ort == [want] and not bad else f'bad runtime venv: onnxruntime packages {ort} (want {want}), forbidden {bad}')"]
+# ...and the gRPC front end's generated modules were packaged (grpcio-tools was not).
+RUN ["/opt/venv/bin/python", "-c", "import importlib.util as u, sys; import app.grpc.generated.grpc_service_pb2_grpc; sys.exit('grpcio-tools in the runtime venv' if u.find_spec('grpc_tools') else 0)"]
 
 # ---------------------------------------------------------------------------------------------
 FROM python AS runtime
@@ -143,11 +156,13 @@ ENV PATH=/opt/venv/bin:${PATH} \
     LSTM_SERVE_MODEL_REPOSITORY=/models \
     LSTM_SERVE_HOST=0.0.0.0 \
     LSTM_SERVE_PORT=8000 \
+    LSTM_SERVE_GRPC_PORT=8001 \
     LSTM_SERVE_WORKERS=2
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+# HTTP (KServe v2 REST, /metrics) and gRPC (KServe v2 / Triton, grpc.health.v1).
+EXPOSE 8000 8001
 
 # For docker/compose only (Kubernetes ignores it and uses the probes). No curl in the image.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=120s --retries=3 \

@@ -63,11 +63,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, m
         await state.start_engine()
         if CUDA in state.engine.providers():
             state.metrics.enable_gpu()
-        grpc = await grpc_server.start(settings, state.engine, state.metrics, lambda: state.draining, token)
         yield
         state.draining = True
-        if grpc is not None:  # gRPC calls in flight are answered before the engine drains
-            await grpc.stop(settings.drain_timeout_s)
+        for stop in state.before_engine_close:  # gRPC calls in flight are answered first
+            await stop()
         await state.engine.close(settings.drain_timeout_s)
         log.info("drained; exiting")
 
@@ -107,6 +106,7 @@ class _Server(uvicorn.Server):
         # cannot be served raises out of `serve` (one line from `startup.run`) instead of being
         # logged as a traceback by uvicorn; "ready" only once uvicorn listens.
         await self._state.start_engine()
+        await self._start_grpc()
         await super().startup(sockets)
         if self.started:
             engine = self._state.engine
@@ -119,6 +119,15 @@ class _Server(uvicorn.Server):
                     "listen": f"{self.config.host}:{self.config.port}",
                 },
             )
+
+    async def _start_grpc(self) -> None:
+        """The gRPC front end beside HTTP, on the same engine; like the engine, started outside
+        the ASGI lifespan so that a taken ``grpc_port`` stops the start as one line."""
+        state = self._state
+        token = auth.load_token(state.settings)
+        grpc = await grpc_server.start(state.settings, state.engine, state.metrics, lambda: state.draining, token)
+        if grpc is not None:
+            state.before_engine_close.append(lambda: grpc.stop(state.settings.drain_timeout_s))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
@@ -156,6 +165,8 @@ def serve(settings: Settings) -> None:
     logs.setup(settings.log_level)
     # a taken port fails before models load; several workers: one socket each (SO_REUSEPORT)
     sock = startup.bind(settings.host, settings.port, reuseport=settings.workers > 1)
+    if settings.grpc_port is not None:
+        startup.check_free(settings.host, settings.grpc_port, "grpc_port")
     if settings.workers > 1:
         raise SystemExit(supervisor.run(settings, sock, serve_worker))
     _run(create_app(settings), settings, sock)

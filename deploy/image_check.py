@@ -287,7 +287,38 @@ def probe(expect: dict) -> int:
     check(not _maps_onnxruntime("1") and not any(_maps_onnxruntime(w) for w in workers), "no ONNX Runtime in the supervisor or the HTTP workers")
     if others:
         print(f"note: other processes under PID 1: {[(o, procs[o]['cmdline'][:70]) for o in others]}")
+    _grpc(int(os.environ.get("LSTM_SERVE_GRPC_PORT", "8001")), check)
     return 1 if failures else 0
+
+
+def _grpc(port: int, check) -> None:
+    """gRPC beside HTTP, from inside (the image's own grpcio and generated modules): health
+    SERVING overall and for the demo, and the demo prediction over ModelInfer, exact."""
+    try:
+        import struct
+
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from app.grpc.generated import grpc_service_pb2 as pb
+        from app.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "demo"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+                check(status == health_pb2.HealthCheckResponse.SERVING,
+                      f"gRPC health {service or '(server)'!r} on :{port}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
+            data = DEMO_REQUEST["inputs"][0]["data"]
+            request = pb.ModelInferRequest(model_name="demo", inputs=[pb.ModelInferRequest.InferInputTensor(
+                name="input", datatype="FP32", shape=[1, 3, 4])], raw_input_contents=[struct.pack(f"<{len(data)}f", *data)])
+            answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            got = struct.unpack("<f", answer.raw_output_contents[0][:4])[0]
+            want = struct.unpack("<f", struct.pack("<f", DEMO_ANSWER["data"][0]))[0]
+            check(answer.outputs[0].name == "output" and abs(got - want) <= 1e-6,
+                  f"gRPC ModelInfer demo on :{port}: {got!r} (want {want!r})")
+    except Exception as exc:  # any failure to reach or use it is a failed check, not a crash
+        check(False, f"gRPC on :{port}: {exc!r}")
 
 
 # ---------------------------------------------------------------------------------------------

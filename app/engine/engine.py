@@ -1,6 +1,6 @@
-"""The engine boundary: the one interface HTTP code uses to reach models.
+"""The engine boundary: the one interface every front end (HTTP, gRPC) uses to reach models.
 
-HTTP code (routes, ``inference``) looks models up, asks for admission and submits jobs; it
+Front-end code (``app.http``, ``app.grpc``) looks models up, asks for admission and submits jobs; it
 never touches a batcher, a session or the repository. Two implementations speak this
 interface, in the manner of vLLM's engine-core client:
 
@@ -31,7 +31,7 @@ from typing import Any
 from app.engine.batcher import Completed
 from app.engine.catalog import Catalog, ModelInfo
 from app.config import Settings
-from app.v2.errors import InvalidInput, ModelNotFound, ModelNotReady, ShuttingDown
+from app.v2.errors import InvalidInput, ModelNotFound, ModelNotReady, RequestTimeout, ShuttingDown
 from app.engine.lifecycle import Key, Lifecycle
 from app.metrics import Metrics
 from app.engine.model import ServedModel
@@ -72,6 +72,16 @@ class Engine(ABC):
     @abstractmethod
     async def submit(self, job: Job) -> Completed[dict[str, Any]]:
         """Queue ``job`` and wait for its outputs; cancelling the wait takes it off the queue."""
+
+    async def submit_within(self, job: Job, timeout_s: float, why: str) -> Completed[dict[str, Any]]:
+        """:meth:`submit` with a deadline, for every front end: past ``timeout_s`` the wait is
+        cancelled, so the job's queued work is dropped, and RequestTimeout names ``why`` (the
+        setting, or the client's own deadline)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.submit(job)
+        except TimeoutError:
+            raise RequestTimeout(f"request was not answered within {why}; its queued work was dropped") from None
 
     @abstractmethod
     async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:

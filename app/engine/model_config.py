@@ -11,14 +11,15 @@ settings, and says only what is true of this server:
   *second* axis ([layers, batch, hidden]), which that form cannot express. perf_analyzer runs
   with this form and a data file that gives ``input`` (measured; see docs/triton-tools.md).
 * ``optional: true`` on ``sequence_lens``, ``initial_h``, ``initial_c``: the server fills them in.
-* ``dynamic_batching`` with the queue delay in µs: the server batches requests together along
-  the batch axis, up to ``max_batch_size`` sequences (in ``parameters``, since the Triton
-  field of that name must stay 0, see above).
-* No ``sequence_batching``, also for stateful (unidirectional) models: Triton's sequence
-  batcher keeps state on the server and routes a correlation id; here the *client* carries the
-  state (``final_h``/``final_c`` back in as ``initial_h``/``initial_c``), each request stands
-  alone and is batched dynamically, and Triton's schema allows only one of the two schedulers.
-  ``parameters.stateful`` says which models carry state, and how.
+* the server batches requests together along the batch axis, up to ``max_batch_size``
+  sequences (in ``parameters``, since the Triton field of that name must stay 0, see above).
+* One scheduler, as Triton's schema allows (``scheduling_choice`` is a oneof in its proto):
+  ``dynamic_batching`` with the queue delay in µs for stateless (bidirectional) models;
+  ``sequence_batching`` for stateful ones, since that is what a sequence client (perf_analyzer's
+  sequence mode, ``sequence_id``) needs to see: chunks of different sequences still batch
+  together, oldest first, and the server keeps each sequence's state (``streams``). Clients may
+  instead carry the state (``final_h``/``final_c`` back as ``initial_h``/``initial_c``);
+  ``parameters.state`` says so, and ``parameters.stateful`` which models carry state.
 """
 
 from __future__ import annotations
@@ -75,10 +76,6 @@ def triton_config(name: str, spec: ModelSpec, settings: Settings, provider: str,
         "max_batch_size": 0,
         "input": inputs,
         "output": outputs,
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
-            "preserve_ordering": False,
-        },
         "instance_group": [
             {
                 "name": name,
@@ -89,7 +86,12 @@ def triton_config(name: str, spec: ModelSpec, settings: Settings, provider: str,
         "default_model_filename": "model.onnx",
         "parameters": parameters,
     }
-    if spec.stateful:
+    if not spec.stateful:
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
+            "preserve_ordering": False,
+        }
+    else:
         # Server-kept state (``streams``): chunks of different sequences batch together, oldest
         # first; each sequence's state is kept between its chunks.
         config["sequence_batching"] = {

@@ -1,5 +1,6 @@
 """The gRPC server of one process, beside uvicorn: started once the engine serves, stopped
-before the engine drains (``app.server``'s lifespan calls :func:`start` and :meth:`GrpcServer.stop`).
+before the engine drains (``app.server`` calls :func:`start` before uvicorn listens, and
+:meth:`GrpcServer.stop` once HTTP has drained).
 
 Limits: the largest message either way is ``max_request_bytes`` (RESOURCE_EXHAUSTED past it,
 from grpc itself); ``grpc_max_concurrent_streams`` calls at once per client connection. With
@@ -77,6 +78,7 @@ async def start(settings: Settings, engine: Engine, metrics: Metrics, draining: 
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
+        await server.stop(None)  # nothing started: let grpc release what it holds before exit
         raise StartupError(f"cannot listen for gRPC on {address}: {exc}; stop the process that holds the port "
                            f"or choose another with --grpc-port / {ENV_PREFIX}GRPC_PORT (none: no gRPC)") from None
     await server.start()

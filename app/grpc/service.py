@@ -30,7 +30,7 @@ from app.grpc.observe import Call, Observer, request_id
 from app.grpc.streams import serve_stream
 from app.grpc.protocol import config_pb, pb, pb_grpc
 from app.v2 import names
-from app.v2.errors import InvalidInput, ModelNotReady, NotSupported, RequestTimeout, ServingError, ShuttingDown, render
+from app.v2.errors import InvalidInput, ModelNotReady, NotSupported, ServingError, ShuttingDown, render
 from app.v2.request import Limits
 from app.v2.sequences import Job
 
@@ -124,8 +124,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         model = self.engine.model(names.check_name(request.name), _version(request.version))
         versions = sorted(self.engine.catalog()[model.name])
         doc = triton_config(model.name, model.spec, self.settings, model.provider, versions)
-        if "sequence_batching" in doc:  # a oneof in Triton's proto: the stateful scheduler is the one
-            doc.pop("dynamic_batching", None)  # that says what a sequence client needs (REST's JSON has both)
         return pb.ModelConfigResponse(config=json_format.ParseDict(doc, config_pb.ModelConfig()))
 
     @_unary
@@ -181,11 +179,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 timeout, why = max(deadline_s, 0.0), "the client's deadline"
             else:
                 why = f"request_timeout_s={timeout}"
-            try:
-                async with asyncio.timeout(timeout):
-                    done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
-            except TimeoutError:
-                raise RequestTimeout(f"request was not answered within {why}; its queued work was dropped") from None
+            job = Job(model.name, model.version, req.sequences, req.outputs, req.stream)
+            done = await engine.submit_within(job, timeout, why)
         finally:
             engine.release(model)
         call.info["batch_size"] = done.batch_size

@@ -16,7 +16,6 @@ only after it is read (answering before reading resets the client's connection).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -27,7 +26,7 @@ from app.http import compression
 from app.http import decoding
 from app.http import codec
 from app.http.connections import BODY_EXPIRED
-from app.v2.errors import BodyTimeout, InvalidInput, PayloadTooLarge, RequestTimeout, ShuttingDown
+from app.v2.errors import BodyTimeout, InvalidInput, PayloadTooLarge, ShuttingDown
 from app.v2.request import Limits
 from app.v2.sequences import Job
 from app.http.state import ServerState
@@ -99,11 +98,8 @@ async def infer(
         # large JSON bodies are parsed in slices, the event loop free between them
         req = await decoding.decode_request(body, headers.get(codec.HEADER_LENGTH), model.spec, limits)
         timeout = state.settings.request_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                done = await engine.submit(Job(model.name, model.version, req.sequences, req.outputs, req.stream))
-        except TimeoutError:
-            raise RequestTimeout(f"request was not answered within request_timeout_s={timeout}") from None
+        job = Job(model.name, model.version, req.sequences, req.outputs, req.stream)
+        done = await engine.submit_within(job, timeout, f"request_timeout_s={timeout}")
     finally:
         engine.release(model)
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000

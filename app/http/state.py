@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.engine.engine import Engine
@@ -18,6 +19,9 @@ class ServerState:
     limits: Limits
     draining: bool = False
     started: bool = False
+    # What else this process serves (the gRPC front end) and must stop, answering its calls in
+    # flight, once HTTP has drained and before the engine does.
+    before_engine_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start_engine(self) -> None:
         """Start the engine once (``serve`` starts it before listening; in-process users of

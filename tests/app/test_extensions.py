@@ -35,13 +35,15 @@ def test_model_config_describes_the_artifact_truthfully(server: Server, referenc
         assert all(i["optional"] for n, i in inputs.items() if n != "input")
         outputs = {o["name"]: o["dims"] for o in cfg["output"]}
         assert outputs["output"] == ([-1, spec.output_size] if spec.task == "many_to_one" else [-1, -1, spec.output_size])
-        assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000  # the default 2.0 ms
         assert cfg["parameters"]["max_sequences_per_batch"] == {"string_value": "32"}
         assert cfg["parameters"]["stateful"] == {"string_value": str(spec.stateful).lower()}
         if spec.stateful:  # server-kept state (sequence_id), batched oldest first
             seq = cfg["sequence_batching"]
             assert seq["max_sequence_idle_microseconds"] == 60_000_000 and "oldest" in seq
+            assert seq["oldest"]["max_queue_delay_microseconds"] == 2000  # the default 2.0 ms
+            assert "dynamic_batching" not in cfg  # one scheduler: a oneof in Triton's proto
         else:
+            assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
             assert "sequence_batching" not in cfg
     if spec.stateful:
         assert inputs["initial_h"]["dims"] == [spec.num_layers, -1, spec.hidden_size]

@@ -94,3 +94,17 @@ def test_the_default_repository_is_found_from_any_directory(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_grpc_port_is_one_line_exit_1_before_loading(tmp_path: Path, workers: str) -> None:
+    """The gRPC port is checked with the HTTP one, before models load: one line, the flag named."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_app(tmp_path, port=free_port(), grpc_port=port, host="127.0.0.1", workers=workers)
+    assert proc.returncode == 1, proc.stderr
+    line = one_error_line(proc)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--grpc-port / LSTM_SERVE_GRPC_PORT" in line
+    assert '"msg":"ready"' not in proc.stderr and '"loaded model"' not in proc.stderr
