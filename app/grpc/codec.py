@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app import contract
 from app.contract import ModelSpec
 from app.grpc.protocol import pb
 from app.v2 import request
@@ -75,7 +76,7 @@ def decode_request(msg: Any, spec: ModelSpec, limits: Limits) -> InferRequest:
         raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {len(msg.inputs)} inputs; "
                            "give one per input, in input order, or none")
     for entry in msg.inputs:  # declared shape first: no array is built for a request over the limits
-        if entry.name == "input" and len(entry.shape) == 3:
+        if entry.name == contract.INPUT and len(entry.shape) == 3:
             request.check_limits(entry.shape[0], entry.shape[1], limits)
     tensors: dict[str, np.ndarray] = {}
     for i, entry in enumerate(msg.inputs):
