@@ -23,7 +23,6 @@ unchanged. The FastAPI inference routes stay for the OpenAPI document and in-pro
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from typing import Any
@@ -35,9 +34,8 @@ from app.contract import ContractError
 from app.http import compression, paths, routes
 from app.http.auth import BearerAuth
 from app.http.inference import fast_paths, infer
-from app.http.middleware import request_id
 from app.http.state import ServerState
-from app.logs import AccessLog
+from app.observe import RequestLog, request_id
 from app.v2.errors import ServingError, render
 
 log = logging.getLogger("lstm_serve.errors")
@@ -66,8 +64,7 @@ class InferenceEntry:
         self.auth = auth
         self.gzip_min_bytes = gzip_min_bytes
         self.metrics = state.metrics
-        self.access = AccessLog(access_log)
-        self.pid = os.getpid()  # which HTTP worker answered, when there are several
+        self.requests = RequestLog(state.metrics, access_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -119,17 +116,7 @@ class InferenceEntry:
             await send({"type": "http.response.body", "body": body})
         finally:
             metrics.inflight.dec()
-            elapsed = time.perf_counter() - start
-            model = info.get("model", "")
-            code = status or 500
-            metrics.observe_request(model, code, elapsed)
-            if self.access.enabled:
-                self.access.write({
-                    "request_id": rid, "model": model, "version": info.get("version"), "code": code,
-                    "latency_ms": round(elapsed * 1000, 3), "batch_size": info.get("batch_size"),
-                    "queue_ms": info.get("queue_ms"), "inference_ms": info.get("inference_ms"),
-                    "error": info.get("error"), "pid": self.pid,
-                })
+            self.requests.done(rid, info, status or 500, time.perf_counter() - start)
 
     async def _answer(
         self, scope: Scope, receive: Receive, match: re.Match[str], wanted: dict[str, str], info: dict[str, Any]

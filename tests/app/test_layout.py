@@ -1,7 +1,7 @@
 """The layers of ``app/``, checked from the imports so that the folders keep telling the truth.
 
 Layers, lowest first (README "Map of the code"):
-- foundation: ``app`` itself, ``config``, ``contract``, ``logs``, ``metrics``, ``startup`` and the
+- foundation: ``app`` itself, ``config``, ``contract``, ``logs``, ``metrics``, ``observe``, ``startup`` and the
   transport-neutral ``app.v2`` (request model, errors, names);
 - ``app.engine``: batching and running models; no transport, no web framework;
 - front ends ``app.http`` (and ``app.grpc``) and ``app.processes``: each uses the engine, none
@@ -22,7 +22,7 @@ import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
-FOUNDATION = {"app", "app.config", "app.contract", "app.logs", "app.metrics", "app.startup"}
+FOUNDATION = {"app", "app.config", "app.contract", "app.logs", "app.metrics", "app.observe", "app.startup"}
 COMPOSITION = {"app.server", "app.__main__", "app.cli", "app.testing"}
 FRONT_ENDS = ("app.http", "app.grpc", "app.processes")
 # Third-party packages that belong to a transport: never below the front ends.
