@@ -15,8 +15,8 @@ faults fixed:
 * Requests whose caller went away (timeout) are dropped before their batch runs.
 * At most ``max_in_flight`` batches run at once, each on a worker thread; a finished batch
   hands the runtime the next one in the callback that reports it, before its own answers are
-  written (one process, 2 cores, 32 JSON clients: 2,270 -> 2,760-3,080 req/s, p99 40 -> 13-19 ms;
-  bench/results/overhead-event-batcher.md).
+  written (one process, 2 cores, 32 JSON clients, same run: 2,334 req/s against 1,873 before
+  this issue's work, p99 26 against 46 ms; bench/results/overhead-event-batcher.md).
 
 The batcher knows nothing of LSTMs: items have a size (sequences) and a length (time steps),
 and ``run_batch`` turns a list of items into a list of results on a worker thread.
@@ -183,19 +183,20 @@ class Batcher(Generic[T, R]):
     def _dispatch(self, batch: list[_Entry[T]]) -> None:
         self._in_flight += 1
         dispatched = time.monotonic()
+        size = sum(e.size for e in batch)
         work = self._executor.submit(self._run_batch, [e.item for e in batch])
-        work.add_done_callback(lambda w: self._from_thread(batch, w, dispatched))
-        self._metrics.batch_size.observe(sum(e.size for e in batch))
+        work.add_done_callback(lambda w: self._from_thread(batch, size, w, dispatched))
+        self._metrics.batch_size.observe(size)
         for e in batch:
             self._metrics.queue_duration.observe(dispatched - e.arrival)
 
-    def _from_thread(self, batch: list[_Entry[T]], work: Future, dispatched: float) -> None:
+    def _from_thread(self, batch: list[_Entry[T]], size: int, work: Future, dispatched: float) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._finished, batch, work, dispatched)
+            self._loop.call_soon_threadsafe(self._finished, batch, size, work, dispatched)
         except RuntimeError:  # the event loop is closed: nobody is waiting for these answers
             pass
 
-    def _finished(self, batch: list[_Entry[T]], work: Future, dispatched: float) -> None:
+    def _finished(self, batch: list[_Entry[T]], size: int, work: Future, dispatched: float) -> None:
         """On the loop: the next batch goes to the runtime first, then this one's answers."""
         self._in_flight -= 1
         self._kick()
@@ -203,8 +204,7 @@ class Batcher(Generic[T, R]):
         if work.cancelled():
             failure: BaseException | None = ShuttingDown("server shut down before this request ran")
         elif (exc := work.exception()) is not None:
-            log.error("batch of %d sequences failed on model %s", sum(e.size for e in batch), self.name,
-                      exc_info=exc)
+            log.error("batch of %d sequences failed on model %s", size, self.name, exc_info=exc)
             failure = InferenceFailed(f"inference failed on model '{self.name}': {exc}")
         else:
             failure = None
@@ -213,7 +213,6 @@ class Batcher(Generic[T, R]):
                 if not e.future.done():
                     e.future.set_exception(failure)
         else:
-            size = sum(e.size for e in batch)
             for e, r in zip(batch, work.result(), strict=True):
                 if not e.future.done():
                     e.future.set_result(Completed(r, size, dispatched - e.arrival, elapsed))
@@ -227,8 +226,8 @@ class Batcher(Generic[T, R]):
             self._set_queued(sum(e.size for e in kept))
 
     def _take(self) -> list[_Entry[T]]:
-        """The next batch, as the selection policy picks it, out of the queue."""
-        self._drop_cancelled()
+        """The next batch, as the selection policy picks it, out of the queue (``_kick`` has
+        just dropped the cancelled entries)."""
         batch = self._policy.select(self._queue, self.max_batch_size)
         if len(batch) == len(self._queue):
             self._queue = []
