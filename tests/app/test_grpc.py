@@ -292,8 +292,10 @@ def test_per_worker_engines_serve_grpc_and_refuse_server_kept_state_as_rest(mode
     srv = start_server(model_repo, tmp_path, workers=2, engine="per_worker")
     try:
         x = np.random.default_rng(4).standard_normal((2, 5, 3)).astype(np.float32)
-        for _ in range(16):  # new connections spread over both workers (SO_REUSEPORT on the one port)
-            with tg.InferenceServerClient(srv.grpc_target) as c:
+        # New connections spread over both workers (SO_REUSEPORT on the one port). A local
+        # subchannel pool per client: grpc's global pool may otherwise reuse one connection.
+        for _ in range(16):
+            with tg.InferenceServerClient(srv.grpc_target, channel_args=[("grpc.use_local_subchannel_pool", 1)]) as c:
                 got = c.infer("uni", [_input(x)]).as_numpy("output")
                 np.testing.assert_allclose(got[1], reference.run("uni", x[1])["output"][0], atol=TOL)
         with tg.InferenceServerClient(srv.grpc_target) as c:
