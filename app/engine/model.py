@@ -22,6 +22,7 @@ from app.metrics import Metrics
 from app.engine.model_settings import Batching
 from app.engine.runtime import Runtime
 from app.v2.sequences import Job, Sequences
+from app.engine.scheduling import OldestClosestLength
 from app.engine.stats import ModelStats
 
 log = logging.getLogger("lstm_serve.model")
@@ -52,6 +53,7 @@ class ServedModel:
             max_in_flight=settings.batches_in_flight,
             dispatch_when_idle=settings.dispatch_when_idle,
             metrics=self._metrics,
+            policy=OldestClosestLength(settings.max_length_ratio),
         )
         self.ready = False
         self.stats = ModelStats()
