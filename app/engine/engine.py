@@ -77,11 +77,27 @@ class Engine(ABC):
         """:meth:`submit` with a deadline, for every front end: past ``timeout_s`` the wait is
         cancelled, so the job's queued work is dropped, and RequestTimeout names ``why`` (the
         setting, or the client's own deadline)."""
+        # What ``asyncio.timeout`` does, in one timer and no context manager (it was ~5 % of the
+        # event loop per request under load): on expiry the waiting task is cancelled, which
+        # cancels the queued job, and the cancellation is turned into RequestTimeout.
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await self.submit(job)
-        except TimeoutError:
-            raise RequestTimeout(f"request was not answered within {why}; its queued work was dropped") from None
+            return await self.submit(job)
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:  # ours, not a cancellation from outside
+                raise RequestTimeout(f"request was not answered within {why}; its queued work was dropped") from None
+            raise
+        finally:
+            timer.cancel()
 
     @abstractmethod
     async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:

@@ -62,3 +62,18 @@ def test_scaleout_bench_reports_ratios_in_one_run(tmp_path: Path) -> None:
     for key in ("shared_vs_one", "shared_vs_copies", "ipc_cpu_us_per_req_vs_copies", "ipc_added_latency_ms_lone"):
         assert math.isfinite(rnd["ratios"][key]), key
     assert "shared / one process" in (tmp_path / "scaleout.md").read_text()
+
+
+def test_granian_bench_serves_the_real_app_under_both_servers(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    pytest.importorskip("granian", reason="granian comes with the bench extra: pip install -e '.[bench]'")
+    cmd = [sys.executable, "-m", "bench.granian", "--models", "tiny", "--seconds", "1", "--rounds", "1", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = json.loads((tmp_path / "granian.json").read_text())
+    assert {r["server"] for r in rows} == {"uvicorn (today)", "granian ASGI, 1 runtime thread", "granian ASGI, 2 runtime threads"}
+    for r in rows:  # measure() refuses errors and non-2xx answers, so every row served the model
+        assert r["req_s"] > 0 and math.isfinite(r["cpu_us_per_req"]), r
+    assert "x uvicorn's throughput" in (tmp_path / "granian.md").read_text()
