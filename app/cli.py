@@ -23,7 +23,7 @@ PROG = "lstm-serve"
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "serving": ("model_repository", "host", "port", "grpc_port", "providers", "intra_op_threads", "small_batch_max_size",
-                "allow_spinning", "gil_switch_interval_ms", "cpu_mem_arena", "warmup", "gzip_min_bytes"),
+                "allow_spinning", "cpu_mem_arena", "warmup", "gzip_min_bytes"),
     "batching": ("max_batch_size", "max_queue_delay_ms", "dispatch_when_idle", "max_length_ratio", "max_queue_size",
                  "max_batches_in_flight"),
     "limits": ("max_sequence_length", "max_request_bytes", "request_timeout_s", "body_timeout_s",

@@ -96,7 +96,11 @@ class Settings(BaseSettings):
     """No batch mixes sequences whose lengths differ by more than this factor (longest /
     shortest): a short request is never padded to, and kept waiting for, one many times longer
     (a 5-step request batched with a 31,250-step upload waited 1.3-1.8 s for it). The one left
-    out takes the next batch."""
+    out takes the next batch. Less padding is less work: 32 clients, median of three alternated
+    pairs against no cap (``python -m bench.ab --b '{"max_length_ratio": 1e6}' --mix ...``):
+    1.26x the throughput on the long-tailed length mix, 1.03x on the uniform one; 4 and 2 gain
+    a little more on the long tail (1.19x, 1.26x over 8) but cost the uniform mix (4: 0.91x,
+    p99 1.3x)."""
 
     max_queue_size: int = Field(256, ge=1)
     """Most sequences waiting per model version; past it requests are refused with 503 and
@@ -179,12 +183,6 @@ class Settings(BaseSettings):
     alternated A/B pairs: p50 2.66-3.29 against 3.33-4.37 ms, 2.6-3.3 against 4.2-5.2 CPU-ms a
     request; 4 and 32 clients unchanged within the noise. 0: one session (half the model
     memory). Not used on CUDA."""
-
-    gil_switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0)
-    """How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).
-    A batch's worker thread takes the GIL several times per batch; at 5 ms (and at 1 ms) a small
-    request beside a 16 MB upload, whose parsing keeps the event loop busy, waited 80-100 ms p99
-    for it, at 0.5 ms 14-17 ms; throughput at 32 clients was the same within the noise."""
 
     allow_spinning: bool = False
     """ONNX Runtime ``session.intra_op.allow_spinning``: spinning burns CPU the event loop needs

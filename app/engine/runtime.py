@@ -7,7 +7,6 @@ and the batcher, this module only builds sessions and runs them.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +47,10 @@ def choose_providers(preference: str) -> list[str]:
     return [CPU]
 
 
-def share_the_gil(settings: Settings) -> None:
-    """Hand the GIL between threads every ``gil_switch_interval_ms`` (CPython's default is 5 ms).
-
-    A batch crosses the GIL several times on its worker thread (to start, after
-    ``session.run``, to report back), and while the event loop runs Python without pause (a
-    large body parsed in slices) each crossing waited out a whole interval: a small request
-    beside a 16 MB upload took 80-100 ms p99 at 5 ms and 1 ms, 14-17 ms at 0.5 ms
-    (``python -m bench.bigbody --valid --rounds 5``); throughput at 32 clients unchanged within
-    the noise. Process-wide, so set where the threads that need it are made."""
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
-
-
 class Runtime:
     """One ONNX Runtime session for one model version, with the spec read from its metadata."""
 
     def __init__(self, path: Path, settings: Settings) -> None:
-        share_the_gil(settings)
         ort = _ort()
         requested = choose_providers(settings.providers)
         self.session = ort.InferenceSession(str(path), sess_options=_options(settings, settings.ort_threads),

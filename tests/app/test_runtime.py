@@ -59,16 +59,3 @@ def test_one_session_when_small_batches_gain_nothing(model_repo: Path, settings:
     rt = Runtime(model_repo / "uni" / "1" / "model.onnx", Settings(providers="cpu", **settings))
     assert rt._small is None and rt.small_batch_max_size == 0
 
-
-def test_loading_a_model_shortens_the_gil_switch_interval(model_repo: Path) -> None:
-    """The batch's worker thread must not wait 5 ms (CPython's default) for the GIL at each
-    crossing while the event loop is busy (bench.bigbody: 80-100 against 14-17 ms p99)."""
-    import sys
-
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        Runtime(model_repo / "uni" / "1" / "model.onnx", Settings(providers="cpu", gil_switch_interval_ms=0.25))
-        assert sys.getswitchinterval() == pytest.approx(0.00025)
-    finally:
-        sys.setswitchinterval(before)

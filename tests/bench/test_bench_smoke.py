@@ -7,6 +7,7 @@ no performance figure (targets are reported by the full run, never asserted in t
 from __future__ import annotations
 
 import json
+import re
 import math
 import shutil
 import subprocess
@@ -77,3 +78,16 @@ def test_granian_bench_serves_the_real_app_under_both_servers(tmp_path: Path) ->
     for r in rows:  # measure() refuses errors and non-2xx answers, so every row served the model
         assert r["req_s"] > 0 and math.isfinite(r["cpu_us_per_req"]), r
     assert "x uvicorn's throughput" in (tmp_path / "granian.md").read_text()
+
+
+def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    cmd = [sys.executable, "-m", "bench.ab", "--b", '{"max_batches_in_flight": 2}', "--model", "tiny",
+           "--rounds", "1", "--seconds", "1"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "round 1 A:" in p.stdout and "round 1 B:" in p.stdout and "errors 0" in p.stdout
+    ratio = re.search(r"B/A req_s: median ([0-9.]+)", p.stdout)
+    assert ratio and float(ratio.group(1)) > 0, p.stdout

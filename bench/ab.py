@@ -1,0 +1,105 @@
+"""``python -m bench.ab``: two server settings, alternated round by round on one load.
+
+This machine's speed drifts by 10-20 % from one minute to the next (shared host), so a setting
+is judged by pairs run back to back, A then B, several times, never by two separate runs:
+
+    python -m bench.ab --a '{}' --b '{"max_length_ratio": 1e6}' --mix longtail --rounds 3
+
+Each phase starts a fresh server (``bench.server.start``, access log on, plus the phase's
+``LSTM_SERVE_*`` settings), warms it for 2 s, then runs wrk (32 connections by default) and
+reads the CPU of every thread of the server's process tree. Prints, per phase, throughput,
+p50/p99, server CPU per request and the busiest threads' CPU per request (which thread is the
+bottleneck: the event loop, or ONNX Runtime's), then the median B/A ratios over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import load, proc
+from . import server as srvmod
+from .__main__ import model_path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of every thread of the process tree, keyed "pid/tid name"."""
+    out: dict[str, float] = {}
+    for member in proc.tree(pid):
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            out[f"{member}/{task.name} {name}"] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def phase(settings: dict[str, Any], repo: Path, bodies: Path, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings})
+    try:
+        url = f"{srv.url}/v2/models/bench/infer"
+        load.run_wrk(url, bodies, args.clients, 2, scratch)
+        before, cpu0, t0 = thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
+        w = load.run_wrk(url, bodies, args.clients, args.seconds, scratch)
+        wall, cpu, after = time.monotonic() - t0, srv.cpu_s() - cpu0, thread_cpu(srv.pid)
+    finally:
+        srv.stop()
+    n = max(w["requests"], 1)
+    threads = sorted(((k, (v - before.get(k, 0.0)) * 1e6 / n) for k, v in after.items()), key=lambda kv: -kv[1])
+    return {
+        "req_s": w["requests"] / (w["duration_us"] / 1e6),
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "errors": sum(w["errors"].values()) + w["non2xx"],
+        "cpu_us_per_req": cpu * 1e6 / n,
+        "cores": cpu / wall,
+        "threads_us_per_req": [round(us) for _, us in threads[:4]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", default="{}", help="settings of A, a JSON object (default: the defaults)")
+    ap.add_argument("--b", required=True, help="settings of B, a JSON object")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--mix", choices=load.MIXES, default="fixed")
+    ap.add_argument("--encoding", choices=("json", "binary"), default="json")
+    ap.add_argument("--model", choices=("bench", "tiny"), default="bench")
+    args = ap.parse_args(argv)
+    settings = {"A": json.loads(args.a), "B": json.loads(args.b)}
+    scratch = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    (scratch / "logs").mkdir()
+    bodies = load.write_bodies(scratch, args.mix, args.encoding, features=8)
+    repo = model_path(args.model).parents[2]
+    print(f"A = {settings['A']}, B = {settings['B']}; {args.mix} {args.encoding}, {args.clients} connections, "
+          f"{args.seconds:g} s a phase, model {args.model}")
+    rows: list[dict[str, Any]] = []
+    for rnd in range(1, args.rounds + 1):
+        for label in ("A", "B"):
+            r = {"round": rnd, "setting": label, **phase(settings[label], repo, bodies, args, scratch)}
+            rows.append(r)
+            print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
+                  f"CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores  busiest threads "
+                  f"{r['threads_us_per_req']} us/req  errors {r['errors']}", flush=True)
+    for key in ("req_s", "cpu_us_per_req", "p99_ms"):
+        ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]
+        print(f"B/A {key}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
