@@ -4,6 +4,7 @@ This machine's speed drifts by 10-20 % from one minute to the next (shared host)
 is judged by pairs run back to back, A then B, several times, never by two separate runs:
 
     python -m bench.ab --a '{}' --b '{"max_length_ratio": 1e6}' --mix longtail --rounds 3
+    python -m bench.ab --b '{}' --b-root /tmp/before --model tiny   # this tree against another
 
 Each phase starts a fresh server (``bench.server.start``, access log on, plus the phase's
 ``LSTM_SERVE_*`` settings), warms it for 2 s, then runs wrk (32 connections by default) and
@@ -45,14 +46,16 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def phase(settings: dict[str, Any], repo: Path, bodies: Path, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings})
+def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path, args: argparse.Namespace,
+          scratch: Path) -> dict[str, Any]:
+    srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings}, root=root)
     try:
         url = f"{srv.url}/v2/models/bench/infer"
         load.run_wrk(url, bodies, args.clients, 2, scratch)
-        before, cpu0, t0 = thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
+        m0, before, cpu0, t0 = srv.metrics(), thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
         w = load.run_wrk(url, bodies, args.clients, args.seconds, scratch)
         wall, cpu, after = time.monotonic() - t0, srv.cpu_s() - cpu0, thread_cpu(srv.pid)
+        batches = srvmod.histogram_delta(m0, srv.metrics(), "lstm_serve_batch_size", "bench")
     finally:
         srv.stop()
     n = max(w["requests"], 1)
@@ -64,6 +67,7 @@ def phase(settings: dict[str, Any], repo: Path, bodies: Path, args: argparse.Nam
         "errors": sum(w["errors"].values()) + w["non2xx"],
         "cpu_us_per_req": cpu * 1e6 / n,
         "cores": cpu / wall,
+        "mean_batch": batches["mean"],
         "threads_us_per_req": [round(us) for _, us in threads[:4]],
     }
 
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", default="{}", help="settings of A, a JSON object (default: the defaults)")
-    ap.add_argument("--b", required=True, help="settings of B, a JSON object")
+    ap.add_argument("--b", default="{}", help="settings of B, a JSON object (default: the defaults)")
+    ap.add_argument("--b-root", type=Path, help="run B from this checkout (a `git archive` of another commit) "
+                    "instead of this one: code against code")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", type=int, default=32)
@@ -85,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     (scratch / "logs").mkdir()
     bodies = load.write_bodies(scratch, args.mix, args.encoding, features=8)
     repo = model_path(args.model).parents[2]
-    print(f"A = {settings['A']}, B = {settings['B']}; {args.mix} {args.encoding}, {args.clients} connections, "
+    print(f"A = {settings['A']}, B = {settings['B']}{f' from {args.b_root}' if args.b_root else ''}; {args.mix} {args.encoding}, {args.clients} connections, "
           f"{args.seconds:g} s a phase, model {args.model}")
     rows: list[dict[str, Any]] = []
     for rnd in range(1, args.rounds + 1):
         for label in ("A", "B"):
-            r = {"round": rnd, "setting": label, **phase(settings[label], repo, bodies, args, scratch)}
+            root = args.b_root if label == "B" else None
+            r = {"round": rnd, "setting": label, **phase(settings[label], root, repo, bodies, args, scratch)}
             rows.append(r)
             print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
-                  f"CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores  busiest threads "
+                  f"batch {r['mean_batch']:4.1f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores  busiest threads "
                   f"{r['threads_us_per_req']} us/req  errors {r['errors']}", flush=True)
     for key in ("req_s", "cpu_us_per_req", "p99_ms"):
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]

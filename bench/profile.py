@@ -35,12 +35,27 @@ CENTRES: list[tuple[str, re.Pattern[str]]] = [
 # waiting for work, the loop in epoll, uvloop's C loop waiting): not CPU, so left out.
 IDLE = re.compile(r"^(_worker \(concurrent/futures/thread\.py|\w*select \(selectors\.py|wait \(threading\.py|"
                   r"run_until_complete \(|run \(asyncio/runners\.py|serve \(uvicorn/server\.py|_serve \()")
+# py-spy names each stack's thread first ("thread (tid): name"). The event loop runs on the main
+# thread and batches on the batcher's "ort-<model>" threads; anything else (gRPC's poller, whose
+# only Python frame is Thread.run while it waits in C) is neither, and is not charged to either.
+_THREAD = re.compile(r"^thread \(\w+\): (.*)$")
+
+
+def _thread_kind(first_frame: str, frames: list[str]) -> str:
+    m = _THREAD.match(first_frame)
+    name = m.group(1) if m else ""
+    if name == "MainThread" or (not m and not any("concurrent/futures" in f for f in frames)):
+        return "event loop thread"
+    if name.startswith("ort-") or (not m and any("concurrent/futures" in f for f in frames)):
+        return "ORT worker threads"
+    return "other threads"
 
 
 def categorise(raw_text: str) -> dict:
     """Shares of samples per cost centre, overall and for the event-loop thread vs the others."""
     total: Counter[str] = Counter()
-    by_thread: dict[str, Counter[str]] = {"event loop thread": Counter(), "ORT worker threads": Counter()}
+    by_thread: dict[str, Counter[str]] = {"event loop thread": Counter(), "ORT worker threads": Counter(),
+                                          "other threads": Counter()}
     n = idle = 0
     for line in raw_text.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -48,7 +63,8 @@ def categorise(raw_text: str) -> dict:
             continue
         c = int(count)
         frames = stack.split(";")
-        if IDLE.search(frames[-1]):
+        kind = _thread_kind(frames[0], frames)
+        if IDLE.search(frames[-1]) or (kind == "other threads" and frames[-1].startswith("Thread.run (")):
             idle += c
             continue
         centre = "other Python"
@@ -58,7 +74,6 @@ def categorise(raw_text: str) -> dict:
                 centre = hit
                 break
         total[centre] += c
-        kind = "ORT worker threads" if any("concurrent/futures" in f for f in frames) else "event loop thread"
         by_thread[kind][centre] += c
         n += c
     pct = lambda cnt: {k: round(100.0 * v / n, 1) for k, v in cnt.most_common()} if n else {}  # noqa: E731

@@ -41,3 +41,21 @@ def test_raw_cpu_is_interpolated_on_log2_batch() -> None:
     assert at_batch(curve, 1) == 0.8 and at_batch(curve, 4) == 0.5
     assert np.isclose(at_batch(curve, 8), 0.45)  # halfway between 4 and 16 on log2
     assert at_batch(curve, 64) == 0.4  # beyond the curve: its last value
+
+
+def test_profile_charges_each_sample_to_the_thread_that_took_it() -> None:
+    """The event-loop share counts the main thread only: gRPC's poller (its one Python frame is
+    Thread.run while it waits in C) was once read as 15 % of the loop."""
+    from bench.profile import categorise
+
+    raw = "\n".join([
+        "thread (1): MainThread;Runner.run (asyncio/runners.py:118);decode_request (app/http/codec.py:190) 6",
+        "thread (1): MainThread;Runner.run (asyncio/runners.py:118);RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:522) 4",
+        "thread (2): ort-bench:1_0;Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83);"
+        "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:406) 10",
+        "thread (3): Thread-1 (_poll_wrapper);Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982) 7",
+    ])
+    r = categorise(raw)
+    assert r["samples"] == 20 and r["idle_samples_left_out"] == 7
+    assert r["thread_share_pct"] == {"event loop thread": 50.0, "ORT worker threads": 50.0, "other threads": 0.0}
+    assert r["by_thread_pct"]["event loop thread"] == {"decode request (orjson + numpy)": 30.0, "uvicorn HTTP (httptools)": 20.0}
