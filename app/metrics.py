@@ -23,6 +23,7 @@ version ever loaded, until the server restarts; a version loaded again continues
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Iterable
@@ -218,11 +219,29 @@ class Metrics:
         if not path:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        collector = multiprocess.MultiProcessCollector(None, path)
+        collector = _InitialisedFiles(None, path)
         registry.register(_ServedOnly(collector, served) if served is not None else collector)
         if self._gpu is not None:
             registry.register(self._gpu)
         return generate_latest(registry)
+
+
+class _InitialisedFiles(multiprocess.MultiProcessCollector):
+    """prometheus_client's multiprocess collector, without the files another process is still
+    creating: ``MmapedDict`` opens a new file, then grows it, and a scrape in between failed with
+    ``struct.error`` (a 500 from /metrics right after a worker's first request, seen in the image
+    check). A file too short for its header holds no value yet: leaving it out loses nothing."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _initialised(f)]
+        return self.merge(files, accumulate=True)
+
+
+def _initialised(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= 8  # the used-bytes header and its padding
+    except OSError:  # removed meanwhile (a worker's files are cleaned up when it exits)
+        return False
 
 
 class _ServedOnly(Collector):

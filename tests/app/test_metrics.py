@@ -403,3 +403,23 @@ def test_real_prometheus_scrapes_and_answers_the_p99_query(metrics_server: Serve
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_a_scrape_skips_a_metrics_file_another_process_is_still_creating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client creates a worker's file empty, then grows it; a scrape in between once
+    answered 500 (struct.error) in the image check. The empty file is skipped, the others read."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from app.metrics import MULTIPROC_ENV, Metrics
+
+    written = MmapedDict(str(tmp_path / "counter_101.db"))
+    written.write_value(mmap_key("lstm_serve_requests_total", "lstm_serve_requests_total",
+                                 ["model", "code", "protocol"], ["demo", "200", "http"], "Requests."), 7.0, 0.0)
+    written.close()
+    (tmp_path / "counter_102.db").touch()  # opened by another process, not yet grown
+    (tmp_path / "histogram_102.db").write_bytes(b"\x00\x00")
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    text = Metrics(8).exposition().decode()
+    assert 'lstm_serve_requests_total{code="200",model="demo",protocol="http"} 7.0' in text
