@@ -43,12 +43,12 @@ _THREAD = re.compile(r"^thread \(\w+\): (.*)$")
 
 def _thread_kind(first_frame: str, frames: list[str]) -> str:
     m = _THREAD.match(first_frame)
-    name = m.group(1) if m else ""
-    if name == "MainThread" or (not m and not any("concurrent/futures" in f for f in frames)):
+    if m is None:  # recorded without --threads: tell the two apart by their frames
+        return "ORT worker threads" if any("concurrent/futures" in f for f in frames) else "event loop thread"
+    name = m.group(1)
+    if name == "MainThread":
         return "event loop thread"
-    if name.startswith("ort-") or (not m and any("concurrent/futures" in f for f in frames)):
-        return "ORT worker threads"
-    return "other threads"
+    return "ORT worker threads" if name.startswith("ort-") else "other threads"
 
 
 def categorise(raw_text: str) -> dict:

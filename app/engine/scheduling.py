@@ -42,7 +42,8 @@ class OldestClosestLength:
     bench/results/bigbody-issue22.md). Whoever is left out goes in the next batch.
     """
 
-    def __init__(self, max_length_ratio: float = 8.0) -> None:
+    def __init__(self, max_length_ratio: float = float("inf")) -> None:
+        # No cap unless given one: the server's comes from Settings.max_length_ratio, defined there.
         self.max_length_ratio = max_length_ratio
 
     def select(self, queue: Sequence[Q], room: int) -> list[Q]:

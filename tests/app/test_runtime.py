@@ -58,4 +58,3 @@ def test_small_batches_take_the_one_thread_session_and_answer_the_same(
 def test_one_session_when_small_batches_gain_nothing(model_repo: Path, settings: dict) -> None:
     rt = Runtime(model_repo / "uni" / "1" / "model.onnx", Settings(providers="cpu", **settings))
     assert rt._small is None and rt.small_batch_max_size == 0
-
