@@ -89,7 +89,8 @@ class Batcher(Generic[T, R]):
         self._in_flight = 0
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"ort-{name}")
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # the first enqueue's
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # armed for the oldest request's delay
+        self._timer_when = 0.0  # loop time it fires at
         self._kick_scheduled = False
         self._settled: asyncio.Event | None = None  # set when nothing is queued or in flight (drain)
         self._closing = False
@@ -166,12 +167,16 @@ class Batcher(Generic[T, R]):
             self._loop.call_soon(self._kick)
 
     def _arm(self, wait: float) -> None:
+        # The due time is kept here, not read back from the handle: uvloop rounds delays to
+        # whole milliseconds and returns a plain Handle, which has no ``when()``, for a delay
+        # that rounds to 0 (a wait under 0.5 ms, common under load).
         when = self._loop.time() + wait
         if self._timer is not None:
-            if self._timer.when() <= when:
+            if self._timer_when <= when:
                 return
             self._timer.cancel()
         self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer_when = when
 
     def _on_timer(self) -> None:
         self._timer = None

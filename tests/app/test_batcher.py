@@ -172,3 +172,40 @@ def test_drain_answers_everything_queued_then_refuses() -> None:
 
     results = run(go())
     assert [r.result for r in results] == [f"done:{i}" for i in range(7)]
+
+
+def test_a_sub_millisecond_wait_on_uvloop_loses_no_answer() -> None:
+    """The server's loop is uvloop, which rounds a timer's delay to whole milliseconds and
+    hands back a plain Handle (no ``when()``) for one that rounds to 0. The batcher once read
+    ``when()`` off its armed timer: when a batch finished while another finish had just armed
+    a wait under 0.5 ms, the callback raised and that batch's answers were never delivered
+    (requests timed out after request_timeout_s in CI).
+
+    Here two batches finish in the same loop turn while a third request's delay has ~0.4 ms
+    left: the first finish arms the short wait, the second arms again."""
+    uvloop = pytest.importorskip("uvloop")
+    gate, returned = threading.Event(), []
+    errors: list[dict] = []
+
+    def worker(items: list[str]) -> list[str]:
+        gate.wait(5)
+        returned.append(items)
+        return [f"done:{i}" for i in items]
+
+    async def go() -> list[str]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        b = Batcher("t", worker, max_batch_size=2, max_queue_size=16, max_delay_s=0.02, max_in_flight=2,
+                    dispatch_when_idle=False, metrics=Metrics(8).for_model("t", "1", "cpu"))
+        full = [b.enqueue("a", 2, 1), b.enqueue("b", 2, 1)]  # a full batch each: both run now
+        await asyncio.sleep(0.005)
+        arrival = time.monotonic()
+        last = b.enqueue("c", 1, 1)  # waits up to 20 ms for company
+        gate.set()
+        # Hold the loop (both finishes queue up behind it) until c's wait has ~0.4 ms left.
+        while len(returned) < 2 or time.monotonic() < arrival + 0.0196:
+            time.sleep(0.00005)
+        done = await asyncio.wait_for(asyncio.gather(*full, last), 5)
+        return [d.result for d in done]
+
+    assert uvloop.run(go()) == ["done:a", "done:b", "done:c"]
+    assert not errors, errors[0].get("exception")
