@@ -83,10 +83,16 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most sequences one ONNX Runtime call receives."""
 
-    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0)
-    """Longest a request waits for others to join its batch, counted from the arrival of the
-    oldest waiting request. Only paid while the runtime is busy: a request that arrives with no
-    batch in flight is dispatched at once (see ``dispatch_when_idle``)."""
+    max_queue_delay_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    """Longest a request waits for others to join its batch while a runtime slot is free,
+    counted from the arrival of the oldest waiting request. Batches grow anyway while every
+    slot is busy, so 0 (Triton's default too) means: a batch goes whenever a slot frees, with
+    everything queued by then. It only matters with several batches in flight (the shared
+    engine) or ``dispatch_when_idle=false``. Shared engine, 2 cores, 32 clients, alternated pairs
+    against 2 ms (``python -m bench.ab --a '{"workers": 2, "max_queue_delay_ms": 2}' --b
+    '{"workers": 2}'``): 1.13x the throughput on fixed-length requests, 1.05x on the uniform
+    length mix, CPU per request unchanged: with 2 ms, the second slot sat idle waiting for
+    company while requests were on their way back from the first batch's clients."""
 
     dispatch_when_idle: bool = True
     """Dispatch at once when no batch is in flight, so a lone client pays no batching delay

@@ -39,8 +39,8 @@ def test_cli_flags_override_and_help_lists_every_setting() -> None:
     out = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, check=True).stdout
     for name in Settings.model_fields:
         assert f"--{name.replace('_', '-')}" in out, name
-    parsed = Settings(_cli_parse_args=["--max-batch-size", "5", "--max-queue-delay-ms", "0"], _cli_kebab_case=True)
-    assert parsed.max_batch_size == 5 and parsed.max_queue_delay_ms == 0
+    parsed = Settings(_cli_parse_args=["--max-batch-size", "5", "--max-queue-delay-ms", "3"], _cli_kebab_case=True)
+    assert parsed.max_batch_size == 5 and parsed.max_queue_delay_ms == 3
 
 
 def test_configuration_page_table_matches_the_code() -> None:

@@ -40,10 +40,10 @@ def test_model_config_describes_the_artifact_truthfully(server: Server, referenc
         if spec.stateful:  # server-kept state (sequence_id), batched oldest first
             seq = cfg["sequence_batching"]
             assert seq["max_sequence_idle_microseconds"] == 60_000_000 and "oldest" in seq
-            assert seq["oldest"]["max_queue_delay_microseconds"] == 2000  # the default 2.0 ms
+            assert seq["oldest"]["max_queue_delay_microseconds"] == 0  # the default: go when a slot frees
             assert "dynamic_batching" not in cfg  # one scheduler: a oneof in Triton's proto
         else:
-            assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+            assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 0
             assert "sequence_batching" not in cfg
     if spec.stateful:
         assert inputs["initial_h"]["dims"] == [spec.num_layers, -1, spec.hidden_size]
