@@ -46,6 +46,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def _thread_label(key: str) -> str:
+    pid, tid = key.split(" ", 1)[0].split("/")
+    return f"{pid}/{'main' if tid == pid else tid}"
+
+
 def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path, args: argparse.Namespace,
           scratch: Path) -> dict[str, Any]:
     srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings}, root=root)
@@ -68,7 +73,8 @@ def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path,
         "cpu_us_per_req": cpu * 1e6 / n,
         "cores": cpu / wall,
         "mean_batch": batches["mean"],
-        "threads_us_per_req": [round(us) for _, us in threads[:4]],
+        # "pid/tid" per thread, "pid/main" for a process's main (event-loop) thread
+        "threads_us_per_req": [f"{_thread_label(k)}:{us:.0f}" for k, us in threads[:5]],
     }
 
 
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
                   f"batch {r['mean_batch']:4.1f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores  busiest threads "
-                  f"{r['threads_us_per_req']} us/req  errors {r['errors']}", flush=True)
+                  f"(us/req) {' '.join(r['threads_us_per_req'])}  errors {r['errors']}", flush=True)
     for key in ("req_s", "cpu_us_per_req", "p99_ms"):
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]
         print(f"B/A {key}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
