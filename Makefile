@@ -41,7 +41,7 @@ serve: $(VENV)/.serve-installed $(PROTOS)
 # runs one process unless a test asks for more); modules without a server, or that already test
 # both layouts, are left out of this second pass.
 TWO_WORKERS_SKIP = test_batcher test_config test_inference test_padding test_protocol test_runtime test_scheduling test_wire \
-                   test_shutdown test_streams test_supervisor
+                   test_shutdown test_streams test_supervisor test_handoff
 
 ## Run the whole test suite (then the server tests with --workers 2).
 test: $(VENV)/.test-installed $(PROTOS)

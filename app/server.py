@@ -14,9 +14,10 @@ timeout, then the engine drains and the process exits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -31,7 +32,7 @@ from app.http import docs
 from app.http import extensions
 from app import logs
 from app import startup
-from app.processes import supervisor
+from app.processes import handoff, supervisor
 from app.http.compression import ResponseCompression
 from app.config import Settings
 from app.http.connections import OpenConnections, uvicorn_options
@@ -97,9 +98,11 @@ class _Server(uvicorn.Server):
     """uvicorn, plus the engine started before it listens and readiness turning false the
     moment SIGTERM arrives."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServerState, channel: socket.socket | None = None) -> None:
         super().__init__(config)
         self._state = state
+        self._channel = channel  # a worker's: its connections arrive here (``handoff``)
+        self._stop_receiving: Callable[[], None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # Start the engine first, outside the ASGI lifespan, so that a repository or model that
@@ -108,6 +111,11 @@ class _Server(uvicorn.Server):
         await self._state.start_engine()
         await self._start_grpc()
         await super().startup(sockets)
+        if self.started and self._channel is not None:
+            config = self.config
+            protocol = functools.partial(config.http_protocol_class, config=config,
+                                         server_state=self.server_state, app_state=self.lifespan.state)
+            self._stop_receiving = handoff.receive(self._channel, protocol)
         if self.started:
             engine = self._state.engine
             log.info(
@@ -129,6 +137,11 @@ class _Server(uvicorn.Server):
         if grpc is not None:
             state.before_engine_close.append(lambda: grpc.stop(state.settings.drain_timeout_s))
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._stop_receiving is not None:  # as uvicorn closes its listeners: no new connections
+            self._stop_receiving()
+        await super().shutdown(sockets)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.draining = True
         super().handle_exit(sig, frame)
@@ -141,7 +154,9 @@ class _Server(uvicorn.Server):
             getattr(self, "_captured_signals", []).clear()
 
 
-def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+def _run(app: FastAPI, settings: Settings, sock: socket.socket | None, channel: socket.socket | None = None) -> None:
+    """Serve on the listening ``sock`` (one process) or on the connections the supervisor hands
+    over ``channel`` (a worker)."""
     state: ServerState = app.state.server
     token = auth.load_token(settings)
     config = uvicorn.Config(
@@ -156,15 +171,15 @@ def _run(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
         server_header=False,
         **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/http/connections.py)
     )
-    _Server(config, app.state.server).run(sockets=[sock])
+    _Server(config, app.state.server, channel).run(sockets=[sock] if sock is not None else [])
 
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, then drain: one process, or a supervisor of
     ``settings.workers`` HTTP processes (and the engine process, with ``engine=shared``)."""
     logs.setup(settings.log_level)
-    # a taken port fails before models load; several workers: one socket each (SO_REUSEPORT)
-    sock = startup.bind(settings.host, settings.port, reuseport=settings.workers > 1)
+    # a taken port fails before models load; with several workers the supervisor accepts on it
+    sock = startup.bind(settings.host, settings.port)
     if settings.grpc_port is not None:
         startup.check_free(settings.host, settings.grpc_port, "grpc_port")
     if settings.workers > 1:
@@ -172,11 +187,11 @@ def serve(settings: Settings) -> None:
     _run(create_app(settings), settings, sock)
 
 
-def serve_worker(settings: Settings, sock: socket.socket, engine_address: str | None, slots: Any, index: int) -> None:
-    """One HTTP worker process on the supervisor's socket: a client of the engine process
+def serve_worker(settings: Settings, channel: socket.socket, engine_address: str | None, slots: Any, index: int) -> None:
+    """One HTTP worker process, serving the connections the supervisor hands it on ``channel``: a client of the engine process
     (``engine=shared``) or its own in-process engine (``per_worker``); ``count`` is its slot in
     the server-wide count of open connections (``slots``, a shared array, at ``index``)."""
     logs.setup(settings.log_level)
     connections.COUNT = OpenConnections(slots, index)
     engine = RemoteEngine(engine_address, drain_timeout_s=settings.drain_timeout_s) if engine_address else None
-    _run(create_app(settings, engine), settings, sock)
+    _run(create_app(settings, engine), settings, None, channel)

@@ -31,37 +31,23 @@ class StartupError(RuntimeError):
     engine's ``RepositoryError``) so that this module needs none of them."""
 
 
-def bind(host: str, port: int, reuseport: bool = False, setting: str = "port") -> socket.socket:
+def bind(host: str, port: int, setting: str = "port") -> socket.socket:
     """The server's listening socket, bound before models load so that a taken port fails in
-    a second, with the fix named, instead of after loading (uvicorn then listens on it).
-
-    ``reuseport``: with several HTTP workers each listens on a socket of its own in one
-    SO_REUSEPORT group (``supervisor``); the port is first bound without it, so that a port
-    another server holds (with SO_REUSEPORT or not) still fails here instead of being shared."""
-    if reuseport:
-        _bind(host, port, False, setting).close()
-    return _bind(host, port, reuseport, setting)
+    a second, with the fix named, instead of after loading (uvicorn, or with several workers the
+    supervisor's acceptor, then listens on it)."""
+    return _bind(host, port, setting)
 
 
 def check_free(host: str, port: int, setting: str) -> None:
     """Fail now, before models load, when another process holds ``port`` (the gRPC port, which
     its own server binds later): the same one line as for the HTTP port."""
-    _bind(host, port, False, setting).close()
+    _bind(host, port, setting).close()
 
 
-def also_listen(first: socket.socket) -> socket.socket:
-    """Another socket in ``first``'s SO_REUSEPORT group, on the same address: the kernel spreads
-    new connections across the group's listening sockets, one per HTTP worker."""
-    host, port = first.getsockname()[:2]
-    return _bind(host, port, True)
-
-
-def _bind(host: str, port: int, reuseport: bool, setting: str = "port") -> socket.socket:
+def _bind(host: str, port: int, setting: str = "port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuseport:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

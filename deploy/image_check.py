@@ -264,11 +264,13 @@ def probe(expect: dict) -> int:
                 continue
         check(limit == expect["memory_limit"], f"memory limit {limit} bytes, want {expect['memory_limit']}")
 
-    # Processes: PID 1 the server (supervisor), its HTTP workers holding the listening socket, one
-    # engine process (the only one with ONNX Runtime mapped).
+    # Processes: PID 1 the server (supervisor), accepting on the listening socket and handing each
+    # connection to an HTTP worker (app/processes/handoff.py), the workers (named lstm-serve-http),
+    # one engine process (the only one with ONNX Runtime mapped).
     pid1 = procs.get("1", {}).get("cmdline", "")
     check("lstm-serve" in pid1, f"PID 1 is the server: {pid1!r}")
     listen = _listen_inodes(expect.get("port", 8000))
+    check(bool(_socket_inodes("1") & listen), f"PID 1 holds the listening socket of :{expect.get('port', 8000)}")
     # Descendants of PID 1 (multiprocessing's forkserver sits between it and its children).
     parent = {pid: p["status"].get("PPid") for pid, p in procs.items()}
 
@@ -279,7 +281,7 @@ def probe(expect: dict) -> int:
 
     children = [pid for pid in procs if pid != "1" and descends(pid)]
     engines = [pid for pid in children if _maps_onnxruntime(pid)]
-    workers = [pid for pid in children if pid not in engines and _socket_inodes(pid) & listen]
+    workers = [pid for pid in children if pid not in engines and procs[pid]["status"].get("Name") == "lstm-serve-http"]
     others = [pid for pid in children if pid not in engines and pid not in workers]
     want_workers = expect.get("workers", 2)
     check(len(workers) == want_workers, f"{len(workers)} HTTP workers (pids {workers}) on :{expect.get('port', 8000)}, want {want_workers}")

@@ -7,11 +7,10 @@ Several HTTP workers spread that work; one engine keeps batches global and one c
 model (vLLM splits its API servers from its engine core the same way).
 
 The supervisor (PID 1 in a container) binds the socket, starts the engine and waits until its
-models are loaded, then starts the workers. Each worker listens on a socket of its own, all in
-one SO_REUSEPORT group, so the kernel spreads connections across workers by their addresses
-(one shared socket let whichever worker woke first accept a burst: 26/6 of 32 connections);
-the supervisor keeps every socket open, so a replaced worker takes over its predecessor's socket
-and the connections waiting in its queue. Children come from a
+models are loaded, then starts the workers, and accepts every connection itself: ``handoff``
+passes each to the worker with the fewest open connections (the kernel's SO_REUSEPORT hash split
+32 connections up to 25/7). A replaced worker gets a new channel; the others take the new
+connections meanwhile. Children come from a
 fork server that has imported the server's modules but never ONNX Runtime (which loads lazily,
 in the engine only), so nothing (CUDA above all) is initialised before a fork, and a replaced
 worker is up in a fraction of a second rather than after a fresh interpreter's imports. Each
@@ -47,7 +46,8 @@ from typing import Any
 
 from app.config import Settings
 from app.metrics import MULTIPROC_ENV
-from app.startup import StartupError, also_listen
+from app.processes import handoff
+from app.startup import StartupError
 
 log = logging.getLogger("lstm_serve.supervisor")
 
@@ -68,6 +68,16 @@ def die_with_parent(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def name_process(name: str) -> None:
+    """Show the process's role in ``ps``, ``top`` and ``/proc/<pid>/comm`` (Linux keeps 15
+    bytes): every child is otherwise "python", and the image check finds the workers by it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(15, name.encode()[:15])  # PR_SET_NAME
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,28 +88,30 @@ def _alive(pid: int) -> bool:
 
 def _engine_main(settings: Settings, address: str, conn: object, parent: int) -> None:
     die_with_parent(parent)
+    name_process("lstm-serve-eng")
     from app.processes import engine_server
 
     raise SystemExit(engine_server.run(settings, address, conn))  # type: ignore[arg-type]
 
 
-# What a worker process runs: ``(settings, sock, engine_address, connection_slots, index)``. The
+# What a worker process runs: ``(settings, channel, engine_address, connection_slots, index)``,
+# ``channel`` the worker's end of its ``handoff`` pair, on which its connections arrive. The
 # composition root (``app.server.serve_worker``) passes it in, so this package starts front
 # ends without importing them.
 Worker = Callable[[Settings, socket.socket, "str | None", Any, int], None]
 
 
-def _worker_main(worker: Worker, settings: Settings, sock: socket.socket, address: str | None, parent: int,
+def _worker_main(worker: Worker, settings: Settings, channel: socket.socket, address: str | None, parent: int,
                  slots: Any, index: int) -> None:
     die_with_parent(parent)
-    worker(settings, sock, address, slots, index)
+    name_process("lstm-serve-http")
+    worker(settings, channel, address, slots, index)
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, socks: list[socket.socket], run_dir: Path, worker: Worker) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket, run_dir: Path, worker: Worker) -> None:
         self.settings = settings
         self.worker = worker
-        self.socks = socks  # one per worker index
         self.run_dir = run_dir
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload([worker.__module__, "app.processes.engine_server"])
@@ -108,6 +120,7 @@ class Supervisor:
         # Each worker's open connections (``connections.OpenConnections``): max_connections is
         # the server's, not each worker's.
         self.connection_slots = self.ctx.Array("i", settings.workers, lock=False)
+        self.acceptor = handoff.Acceptor(sock, self.connection_slots)
         self.workers: list[BaseProcess] = []
         self.deaths: list[float] = []
         self.stop_signal: int | None = None
@@ -142,11 +155,14 @@ class Supervisor:
 
     def _start_worker(self, index: int) -> BaseProcess:
         self.connection_slots[index] = 0  # a dead worker's connections died with it
+        ours, theirs = handoff.channel()
         w = self.ctx.Process(
-            target=_worker_main, args=(self.worker, self.settings, self.socks[index], self.address, os.getpid(), self.connection_slots, index),
+            target=_worker_main, args=(self.worker, self.settings, theirs, self.address, os.getpid(), self.connection_slots, index),
             name="lstm-serve-http",
         )
         w.start()
+        theirs.close()  # the worker has its own copy
+        self.acceptor.attach(index, ours)
         return w
 
     # -- run ---------------------------------------------------------------------------------
@@ -157,6 +173,7 @@ class Supervisor:
             self._stop_all()
             return 1
         self.workers = [self._start_worker(i) for i in range(self.settings.workers)]
+        self.acceptor.start()
         log.info("supervising", extra={"workers": [w.pid for w in self.workers], "engine": self.settings.engine})
         code = self._watch()
         self._stop_all()
@@ -188,7 +205,9 @@ class Supervisor:
 
     # -- stop --------------------------------------------------------------------------------
     def _stop_all(self) -> None:
-        """Workers first (they finish their requests on the engine), then the engine."""
+        """New connections refused, then the workers (they finish their requests on the
+        engine), then the engine."""
+        self.acceptor.stop()
         grace = self.settings.drain_timeout_s + 5.0
         _terminate([w for w in self.workers if w.is_alive()], grace)
         if self.engine is not None and self.engine.is_alive():
@@ -226,16 +245,13 @@ def _mark_dead(pid: int | None) -> None:
 def run(settings: Settings, sock: socket.socket, worker: Worker) -> int:
     """Serve with ``settings.workers`` HTTP processes on ``sock`` until SIGTERM/SIGINT; the
     exit status. An engine that cannot load its models raises ``StartupError`` (one line)."""
-    socks = [sock] + [also_listen(sock) for _ in range(settings.workers - 1)]
-    for s in socks:
-        s.listen(2048)
+    sock.listen(2048)
     run_dir = Path(tempfile.mkdtemp(prefix="lstm-serve-"))
     metrics_dir = run_dir / "metrics"
     metrics_dir.mkdir()
     os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before any child imports prometheus_client
     try:
-        return Supervisor(settings, socks, run_dir, worker).run()
+        return Supervisor(settings, sock, run_dir, worker).run()
     finally:
-        for s in socks:
-            s.close()
+        sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -148,7 +148,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
 
         def load() -> None:
             while not stop.is_set():
-                try:  # a fresh connection each time, so the kernel picks a live worker
+                try:  # a fresh connection each time, so the supervisor hands it to a live worker
                     r = httpx.post(f"{srv.url}/v2/models/uni/infer", json=body(x), timeout=5)
                     results.append((time.monotonic(), r.status_code))
                 except httpx.TransportError:
