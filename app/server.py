@@ -192,6 +192,6 @@ def serve_worker(settings: Settings, channel: socket.socket, engine_address: str
     (``engine=shared``) or its own in-process engine (``per_worker``); ``count`` is its slot in
     the server-wide count of open connections (``slots``, a shared array, at ``index``)."""
     logs.setup(settings.log_level)
-    connections.COUNT = OpenConnections(slots, index)
+    connections.COUNT = OpenConnections(slots, index, on_open=handoff.acknowledge(channel))
     engine = RemoteEngine(engine_address, drain_timeout_s=settings.drain_timeout_s) if engine_address else None
     _run(create_app(settings, engine), settings, None, channel)

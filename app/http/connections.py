@@ -23,6 +23,7 @@ httptools protocol) adds, per connection:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,14 +38,19 @@ class OpenConnections:
     its slot of a shared array (the supervisor zeroes a dead worker's slot), and the cap applies
     to the sum, so ``max_connections`` means the same whatever ``workers`` is."""
 
-    def __init__(self, slots: Any = None, index: int = 0) -> None:
+    def __init__(self, slots: Any = None, index: int = 0, on_open: Callable[[], None] | None = None) -> None:
         self.slots, self.index = slots, index
+        # A worker tells the supervisor's acceptor each connection it now counts, right after
+        # counting it (``processes.handoff``: it weighs what it handed and has not seen counted).
+        self.on_open = on_open
 
     def opened(self, local: int) -> int:
         """Record this process's count; the server-wide total."""
         if self.slots is None:
             return local
         self.slots[self.index] = local
+        if self.on_open is not None:
+            self.on_open()
         return sum(self.slots)
 
     def closed(self, local: int) -> None:

@@ -13,7 +13,7 @@ one of the fewest. It costs one hop per *connection*, none per request.
 
 The worker adopts each descriptor on its event loop with ``loop.connect_accepted_socket`` and
 uvicorn's own protocol, so a handed connection is served exactly as an accepted one (limits,
-slow-client deadlines, drain), and acknowledges it once counted. A worker that stops (drain, death) closes its end; the acceptor
+slow-client deadlines, drain), and acknowledges it as it counts it open (``acknowledge``). A worker that stops (drain, death) closes its end; the acceptor
 then gives its share to the others, and a replaced worker gets a new pair.
 """
 
@@ -28,13 +28,15 @@ from typing import Any
 
 log = logging.getLogger("lstm_serve.supervisor")
 
-_TOKEN = b"c"  # one byte with each descriptor: a message with no data would read as end of stream
-_ACK = b"a"  # worker -> acceptor: one handed connection is now in the worker's open count
+_TOKEN = b"c"  # one byte with each descriptor (a descriptor cannot travel without data)
+_ACK = b"a"  # worker -> acceptor, one byte each: a handed connection is now in the worker's open count
 
 
 def channel() -> tuple[socket.socket, socket.socket]:
-    """A (supervisor end, worker end) pair for one worker."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    """A (supervisor end, worker end) pair for one worker. A stream: a datagram or seqpacket
+    pair holds only ``net.unix.max_dgram_qlen`` unread messages (10 by default), so a worker
+    still starting would refuse its share of a burst, and acknowledgements would be dropped."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 class Acceptor:
@@ -130,11 +132,26 @@ class Acceptor:
         return sorted(range(n), key=lambda i: (load[i] > fewest + 1, (i - self._turn) % n))
 
 
+def acknowledge(end: socket.socket) -> Callable[[], None]:
+    """What a worker calls right after it counts a connection open (``connections.OpenConnections``):
+    tells the acceptor that one of its hand-offs is now in the shared count. Sent from the same
+    statement that counts, so the acceptor never sees a connection in both or in neither for more
+    than a moment (acknowledging when the adoption task finished, a loop turn later, let a burst
+    split 20/12 on a loaded machine)."""
+
+    def ack() -> None:
+        if end.fileno() != -1:
+            try:
+                end.send(_ACK, socket.MSG_DONTWAIT)
+            except OSError:  # the acceptor is gone or stopping: nobody needs the count
+                pass
+
+    return ack
+
+
 def receive(end: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]) -> Callable[[], None]:
     """On the running loop: serve every connection that arrives on ``end`` with
-    ``protocol_factory``, and acknowledge each once its protocol counts it (so the acceptor knows
-    which of its hand-offs the shared counts include); returns the function that stops receiving
-    (and closes ``end``)."""
+    ``protocol_factory``; returns the function that stops receiving (and closes ``end``)."""
     loop = asyncio.get_running_loop()
     end.setblocking(False)
     tasks: set[asyncio.Task] = set()
@@ -164,11 +181,6 @@ def receive(end: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]
         # it here too could close a descriptor number already reused by another connection).
         if not task.cancelled() and task.exception() is not None:
             log.debug("a handed connection could not be served", exc_info=task.exception())
-        if end.fileno() != -1:
-            try:
-                end.send(_ACK)
-            except OSError:  # the acceptor is gone or stopping: nobody needs the count
-                pass
 
     def stop() -> None:
         if end.fileno() != -1:

@@ -90,10 +90,12 @@ def _received(end: socket.socket, wait_s: float = 0.5) -> int:
         return n
 
 
-def test_a_burst_alternates_between_workers_with_as_many_connections() -> None:
+def test_a_burst_alternates_between_workers_not_yet_reading() -> None:
+    """Neither worker takes its connections yet (as one still starting): the burst still splits
+    evenly, more than a datagram pair's 10-message queue each."""
     with _acceptor([0, 0]) as (listener, _, ends):
-        clients = _connect(listener, 8)
-        assert [_received(e) for e in ends] == [4, 4]
+        clients = _connect(listener, 24)
+        assert [_received(e) for e in ends] == [12, 12]
     for c in clients:
         c.close()
 
