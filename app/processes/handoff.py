@@ -13,8 +13,9 @@ one of the fewest. It costs one hop per *connection*, none per request.
 
 The worker adopts each descriptor on its event loop with ``loop.connect_accepted_socket`` and
 uvicorn's own protocol, so a handed connection is served exactly as an accepted one (limits,
-slow-client deadlines, drain), and acknowledges it as it counts it open (``acknowledge``). A worker that stops (drain, death) closes its end; the acceptor
-then gives its share to the others, and a replaced worker gets a new pair.
+slow-client deadlines, drain), and acknowledges it as it counts it open (``acknowledge``). A
+worker that stops (drain, death) closes its end; the acceptor then gives its share to the
+others, and a replaced worker gets a new pair.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 log = logging.getLogger("lstm_serve.supervisor")
 
