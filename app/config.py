@@ -69,10 +69,11 @@ class Settings(BaseSettings):
     is ``max_request_bytes`` (RESOURCE_EXHAUSTED past it)."""
 
     workers: int = Field(1, ge=1, le=64)
-    """HTTP processes, each a uvicorn server on the one listening socket. With 1 everything runs
-    in one process. With 2 or more, HTTP parsing, decoding and encoding spread over several
-    processes (one event loop and one GIL each) while, with ``engine=shared``, one engine process
-    owns every ONNX Runtime session and batcher, so batches form across all workers."""
+    """HTTP processes, each a uvicorn server. With 1 everything runs in one process. With 2 or
+    more, the supervisor accepts every connection and hands it to the worker with the fewest
+    (32 connections split 16/16), HTTP parsing, decoding and encoding spread over the workers (one
+    event loop and one GIL each) while, with ``engine=shared``, one engine process owns every
+    ONNX Runtime session and batcher, so batches form across all workers."""
 
     engine: Literal["shared", "per_worker"] = "shared"
     """With ``workers`` >= 2: ``shared`` runs one engine process behind every HTTP worker (global
