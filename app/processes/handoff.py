@@ -24,6 +24,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("lstm_serve.supervisor")
@@ -51,6 +52,7 @@ class Acceptor:
         self._pending = [0] * len(open_connections)
         self._lock = threading.Lock()
         self._turn = 0
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="acceptor", daemon=True)
 
     def attach(self, index: int, end: socket.socket) -> None:
@@ -67,6 +69,7 @@ class Acceptor:
 
     def stop(self) -> None:
         """Accept no more (new connections are refused from now on); the workers keep theirs."""
+        self._stopping = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         except OSError:
@@ -83,8 +86,14 @@ class Acceptor:
         while True:
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
-                return  # shut down: stopping
+            except OSError as exc:
+                if self._stopping:
+                    return
+                # Out of descriptors (EMFILE) or a connection reset while queued: the one that
+                # waits is accepted once there is room again; never stop accepting for it.
+                log.error("cannot accept a connection: %s; retrying", exc)
+                time.sleep(0.1)
+                continue
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if not self._hand(conn):

@@ -3,6 +3,7 @@ workers, whatever their addresses, and each is served as if its worker had accep
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections import Counter
@@ -116,5 +117,42 @@ def test_a_gone_worker_s_share_goes_to_the_others_and_stop_refuses_new_connectio
         acceptor.stop()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(listener.getsockname()[:2], timeout=5)
+    for c in clients:
+        c.close()
+
+
+
+class _FailsFirst:
+    """A listening socket whose first ``accept`` fails as the kernel's does when the process is
+    out of descriptors (EMFILE) or a queued connection was reset (ECONNABORTED)."""
+
+    def __init__(self, sock: socket.socket, error: int) -> None:
+        self._sock, self._error, self.failed = sock, error, 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if not self.failed:
+            self.failed += 1
+            raise OSError(self._error, os.strerror(self._error))
+        return self._sock.accept()
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ECONNABORTED])
+def test_a_failed_accept_is_retried_and_stops_nothing(error: int) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    flaky = _FailsFirst(listener, error)
+    acceptor = Acceptor(flaky, [0, 0])  # type: ignore[arg-type]
+    ours, theirs = handoff.channel()
+    acceptor.attach(0, ours)
+    acceptor.start()
+    try:
+        clients = _connect(listener, 2)
+        assert _received(theirs, 1.0) == 2 and flaky.failed == 1
+    finally:
+        acceptor.stop()
+        listener.close()
+        theirs.close()
     for c in clients:
         c.close()
