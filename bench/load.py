@@ -120,7 +120,8 @@ def wrk_path() -> str | None:
 def run_wrk(url: str, bodies: Path, clients: int, seconds: float, scratch: Path) -> dict:
     """Closed loop: ``clients`` connections, each sending its next request as soon as the last
     is answered. One wrk thread (epoll; plenty for these rates, and it leaves the server more
-    of the 2 cores). Returns wrk's summary plus its own CPU time."""
+    of the 2 cores). Returns wrk's summary plus its own CPU time and the figures every benchmark reports (``req_s``, ``p50_ms``,
+    ``p99_ms``, ``failed``)."""
     script = scratch / "bench.lua"
     if not script.exists():
         script.write_text(LUA)
@@ -140,6 +141,10 @@ def run_wrk(url: str, bodies: Path, clients: int, seconds: float, scratch: Path)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.decode())
     res["non2xx"] = int(non2xx.group(1)) if non2xx else 0
     res["cpu_s"] = usage.ru_utime + usage.ru_stime
+    # What every benchmark reports from it, derived once here.
+    res["req_s"] = res["requests"] / (res["duration_us"] / 1e6)
+    res["p50_ms"], res["p99_ms"] = res["p50_us"] / 1000, res["p99_us"] / 1000
+    res["failed"] = sum(res["errors"].values()) + res["non2xx"]  # socket errors, timeouts, non-2xx
     return res
 
 

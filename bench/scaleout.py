@@ -51,10 +51,10 @@ def measure(srv: srvmod.Server, bodies: Path, clients: int, seconds: float, scra
     batches = srvmod.histogram_delta(m0, m1, "lstm_serve_batch_size", "bench")
     return {
         "clients": clients,
-        "req_s": done / (w["duration_us"] / 1e6),
-        "p50_ms": w["p50_us"] / 1000,
-        "p99_ms": w["p99_us"] / 1000,
-        "errors": sum(w["errors"].values()) + w["non2xx"],
+        "req_s": w["req_s"],
+        "p50_ms": w["p50_ms"],
+        "p99_ms": w["p99_ms"],
+        "errors": w["failed"],
         "machine_busy": busy / wall / (os.cpu_count() or 1),
         "server_cores": cpu / wall,
         "server_cpu_ms_per_req": cpu * 1000 / max(done, 1),

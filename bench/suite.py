@@ -159,9 +159,9 @@ class Bench:
         if ph.clients:
             w = load.run_wrk(url, bodies, ph.clients, self.args.duration, self.scratch)
             dur = w["duration_us"] / 1e6
-            res.update({"kind": "closed", "requests": w["requests"], "seq_s": w["requests"] / dur,
-                        "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
-                        "errors": sum(w["errors"].values()) + w["non2xx"], "generator_cores": w["cpu_s"] / dur})
+            res.update({"kind": "closed", "requests": w["requests"], "seq_s": w["req_s"],
+                        "p50_ms": w["p50_ms"], "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_ms"],
+                        "errors": w["failed"], "generator_cores": w["cpu_s"] / dur})
         else:
             o = self._openloop(srv, url, bodies, ph.rate or 1.0)
             res.update(o)

@@ -124,11 +124,9 @@ class Acceptor:
             while end is not None:
                 try:
                     acks = end.recv(4096)
-                except (BlockingIOError, InterruptedError):
+                except OSError:  # none waiting (EAGAIN), or the worker is gone
                     break
-                except OSError:  # the worker is gone; its replacement starts from zero
-                    break
-                if not acks:
+                if not acks:  # the worker is gone; its replacement starts from zero
                     break
                 self._pending[i] = max(0, self._pending[i] - len(acks))
 

@@ -55,14 +55,20 @@ _CRASH_WINDOW_S = 30.0
 _CRASH_LIMIT = 5  # worker deaths within the window that mean "crash loop": stop, let Kubernetes back off
 
 
+def _prctl(option: int, value: object) -> bool:
+    """Linux's prctl(2) for this process; False where there is none."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+        return True
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+
+
 def die_with_parent(supervisor: int) -> None:
     """Ask Linux to SIGTERM this process when its parent (the fork server, which ends with the
     supervisor) dies, so no child outlives a killed supervisor and no request waits on an orphan."""
     parent = os.getppid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
+    if not _prctl(1, signal.SIGTERM):  # PR_SET_PDEATHSIG
         return
     if os.getppid() != parent or not _alive(supervisor):  # gone before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
@@ -71,11 +77,7 @@ def die_with_parent(supervisor: int) -> None:
 def name_process(name: str) -> None:
     """Show the process's role in ``ps``, ``top`` and ``/proc/<pid>/comm`` (Linux keeps 15
     bytes): every child is otherwise "python", and the image check finds the workers by it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(15, name.encode()[:15])  # PR_SET_NAME
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    _prctl(15, name.encode()[:15])  # PR_SET_NAME
 
 
 def _alive(pid: int) -> bool:
