@@ -30,6 +30,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings
+from app.http.coalescing import CoalescingTransport
 from app.http.errors import error_response
 
 
@@ -93,7 +94,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     _in_body: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # Every write on the connection, the protocol's and each request cycle's, goes through
+        # one coalescing wrapper: a response's head and body leave in one send (``coalescing``).
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         if COUNT.opened(len(self.connections)) > self.max_connections:
             self.app = _over_capacity(self.max_connections)
         # Idle until the first byte, as between keep-alive requests: same timer, same handler
