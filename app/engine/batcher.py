@@ -202,9 +202,16 @@ class Batcher(Generic[T, R]):
             pass
 
     def _finished(self, batch: list[_Entry[T]], size: int, work: Future, dispatched: float) -> None:
-        """On the loop: the next batch goes to the runtime first, then this one's answers."""
+        """On the loop: the next batch goes to the runtime first, then this one's answers,
+        delivered even if dispatching the next one raised (a bug there once lost a batch's
+        answers: they waited out request_timeout_s). The error still reaches the loop's handler."""
         self._in_flight -= 1
-        self._kick()
+        try:
+            self._kick()
+        finally:
+            self._deliver(batch, size, work, dispatched)
+
+    def _deliver(self, batch: list[_Entry[T]], size: int, work: Future, dispatched: float) -> None:
         elapsed = time.monotonic() - dispatched
         if work.cancelled():
             failure: BaseException | None = ShuttingDown("server shut down before this request ran")

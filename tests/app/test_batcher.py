@@ -209,3 +209,32 @@ def test_a_sub_millisecond_wait_on_uvloop_loses_no_answer() -> None:
 
     assert uvloop.run(go()) == ["done:a", "done:b", "done:c"]
     assert not errors, errors[0].get("exception")
+
+
+def test_a_batch_is_answered_even_when_dispatching_the_next_one_raises() -> None:
+    """A finished batch hands the runtime the next one before delivering its own answers; a
+    bug in that hand-off (here the selection policy raises) must not cost the finished batch
+    its answers. The error goes to the loop's exception handler."""
+    errors: list[dict] = []
+
+    class FailsOnSecondSelection:
+        calls = 0
+
+        def select(self, queue: list, room: int) -> list:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("policy bug")
+            return list(queue[:room])
+
+    async def go() -> tuple[str, str]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        b = make(Worker(seconds=0.05), policy=FailsOnSecondSelection())
+        first = b.enqueue("a", 1, 1)  # dispatched at once
+        await asyncio.sleep(0.01)
+        second = b.enqueue("b", 1, 1)  # queued: selected when "a" finishes, and that raises
+        done = await asyncio.wait_for(first, 5)
+        b.enqueue("c", 1, 1)  # the next event dispatches again (the third selection works)
+        return done.result, (await asyncio.wait_for(second, 5)).result
+
+    assert run(go()) == ("done:a", "done:b")
+    assert [str(e.get("exception")) for e in errors] == ["policy bug"]
