@@ -55,14 +55,19 @@ def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path,
           scratch: Path) -> dict[str, Any]:
     srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings}, root=root)
     try:
-        url = f"{srv.url}/v2/models/bench/infer"
-        load.run_wrk(url, bodies, args.clients, 2, scratch)
-        m0, before, cpu0, t0 = srv.metrics(), thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
-        w = load.run_wrk(url, bodies, args.clients, args.seconds, scratch)
-        wall, cpu, after = time.monotonic() - t0, srv.cpu_s() - cpu0, thread_cpu(srv.pid)
-        batches = srvmod.histogram_delta(m0, srv.metrics(), "lstm_serve_batch_size", "bench")
+        load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, args.clients, 2, scratch)
+        return measure(srv, bodies, args, scratch)
     finally:
         srv.stop()
+
+
+def measure(srv: srvmod.Server, bodies: Path, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """One wrk run against a running, warm server: what a phase reports."""
+    url = f"{srv.url}/v2/models/bench/infer"
+    m0, before, cpu0, t0 = srv.metrics(), thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
+    w = load.run_wrk(url, bodies, args.clients, args.seconds, scratch)
+    wall, cpu, after = time.monotonic() - t0, srv.cpu_s() - cpu0, thread_cpu(srv.pid)
+    batches = srvmod.histogram_delta(m0, srv.metrics(), "lstm_serve_batch_size", "bench")
     n = max(w["requests"], 1)
     threads = sorted(((k, (v - before.get(k, 0.0)) * 1e6 / n) for k, v in after.items()), key=lambda kv: -kv[1])
     return {
@@ -71,6 +76,7 @@ def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path,
         "p99_ms": w["p99_ms"],
         "errors": w["failed"],
         "cpu_us_per_req": cpu * 1e6 / n,
+        "wrk_us_per_req": w["cpu_s"] * 1e6 / n,  # the client shares the cores
         "cores": cpu / wall,
         "mean_batch": batches["mean"],
         # "pid/tid" per thread, "pid/main" for a process's main (event-loop) thread
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", choices=load.MIXES, default="fixed")
     ap.add_argument("--encoding", choices=("json", "binary"), default="json")
     ap.add_argument("--model", choices=("bench", "tiny"), default="bench")
+    ap.add_argument("--interleave", action="store_true",
+                    help="start A and B once, side by side, and alternate the load between them every "
+                    "--seconds (short phases, e.g. 3 s, many rounds): both see the same minute of the machine")
     args = ap.parse_args(argv)
     settings = {"A": json.loads(args.a), "B": json.loads(args.b)}
     scratch = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -100,18 +109,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A = {settings['A']}, B = {settings['B']}{f' from {args.b_root}' if args.b_root else ''}; {args.mix} {args.encoding}, {args.clients} connections, "
           f"{args.seconds:g} s a phase, model {args.model}")
     rows: list[dict[str, Any]] = []
-    for rnd in range(1, args.rounds + 1):
-        for label in ("A", "B"):
-            root = args.b_root if label == "B" else None
-            r = {"round": rnd, "setting": label, **phase(settings[label], root, repo, bodies, args, scratch)}
-            rows.append(r)
-            print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
-                  f"batch {r['mean_batch']:4.1f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores  busiest threads "
-                  f"(us/req) {' '.join(r['threads_us_per_req'])}  errors {r['errors']}", flush=True)
+    servers: dict[str, srvmod.Server] = {}
+    try:
+        if args.interleave:
+            for label in ("A", "B"):
+                servers[label] = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings[label]},
+                                              root=args.b_root if label == "B" else None)
+            for srv in servers.values():
+                load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, args.clients, 2, scratch)
+        _rounds(args, settings, servers, repo, bodies, scratch, rows)
+    finally:
+        for srv in servers.values():
+            srv.stop()
     for key in ("req_s", "cpu_us_per_req", "p99_ms"):
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]
         print(f"B/A {key}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+    if args.interleave:
+        ratios = [_main_us(b) / _main_us(a) for a, b in zip(rows[::2], rows[1::2], strict=True)]
+        print(f"B/A event-loop thread us/req: median {statistics.median(ratios):.3f} "
+              f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
     return 1 if any(r["errors"] for r in rows) else 0
+
+
+def _main_us(row: dict[str, Any]) -> float:
+    """CPU per request of the event-loop threads among a phase's busiest five (pid/main)."""
+    return sum(float(t.rsplit(":", 1)[1]) for t in row["threads_us_per_req"] if "/main:" in t)
+
+
+def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], servers: dict[str, srvmod.Server],
+            repo: Path, bodies: Path, scratch: Path, rows: list[dict[str, Any]]) -> None:
+    for rnd in range(1, args.rounds + 1):
+        for label in ("A", "B"):
+            if servers:
+                r = {"round": rnd, "setting": label, **measure(servers[label], bodies, args, scratch)}
+            else:
+                root = args.b_root if label == "B" else None
+                r = {"round": rnd, "setting": label, **phase(settings[label], root, repo, bodies, args, scratch)}
+            rows.append(r)
+            print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
+                  f"batch {r['mean_batch']:4.1f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores (wrk "
+                  f"{r['wrk_us_per_req']:.0f})  busiest threads "
+                  f"(us/req) {' '.join(r['threads_us_per_req'])}  errors {r['errors']}", flush=True)
 
 
 if __name__ == "__main__":

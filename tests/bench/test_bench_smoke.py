@@ -80,14 +80,43 @@ def test_granian_bench_serves_the_real_app_under_both_servers(tmp_path: Path) ->
     assert "x uvicorn's throughput" in (tmp_path / "granian.md").read_text()
 
 
-def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path) -> None:
+@pytest.mark.parametrize("interleave", [False, True], ids=["fresh-servers", "interleaved"])
+def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path, interleave: bool) -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
     pytest.importorskip("torch")  # the bench exports its model
     cmd = [sys.executable, "-m", "bench.ab", "--b", '{"max_batches_in_flight": 2}', "--model", "tiny",
-           "--rounds", "1", "--seconds", "1"]
+           "--rounds", "2" if interleave else "1", "--seconds", "1", *(["--interleave"] if interleave else [])]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "round 1 A:" in p.stdout and "round 1 B:" in p.stdout and "errors 0" in p.stdout
     ratio = re.search(r"B/A req_s: median ([0-9.]+)", p.stdout)
     assert ratio and float(ratio.group(1)) > 0, p.stdout
+    if interleave:  # one server per setting for all rounds, so each pid shows up in both rounds
+        pids = re.findall(r"round (\d) ([AB]):.*?busiest threads \(us/req\) (\d+)/", p.stdout)
+        assert len(pids) == 4 and len({pid for _, label, pid in pids if label == "A"}) == 1, p.stdout
+        assert {pid for _, label, pid in pids if label == "B"}.isdisjoint({pid for _, label, pid in pids if label == "A"})
+        loop = re.search(r"B/A event-loop thread us/req: median ([0-9.]+)", p.stdout)
+        assert loop and float(loop.group(1)) > 0, p.stdout
+
+
+def test_oncpu_splits_the_loop_threads_cpu_by_library_for_floor_and_server() -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    from bench.oncpu import available
+
+    if (why := available()) is not None:
+        pytest.skip(why)
+    cmd = [sys.executable, "-m", "bench.oncpu", "--seconds", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(.{34}) +([0-9.]+) +([0-9.]+) +[-+][0-9.]+$", p.stdout, re.M)}
+    floor, server = rows["all"]
+    assert floor > 0 and server > 0, p.stdout
+    # every sample lands in some library: the parts add up to the thread's CPU per request
+    parts = [v for k, v in rows.items() if k != "all"]
+    assert sum(f for f, _ in parts) == pytest.approx(floor, rel=0.05), p.stdout
+    assert sum(s for _, s in parts) == pytest.approx(server, rel=0.05), p.stdout
+    assert rows["Python interpreter (libpython)"][1] > 0, p.stdout
