@@ -17,6 +17,9 @@ httptools protocol) adds, per connection:
   Retry-After and ``Connection: close``;
 - a JSON ``{"error"}`` instead of uvicorn's plain-text 400 for a request it cannot parse.
 
+and, not a limit, every write on the connection through :mod:`app.http.coalescing` (a response's
+head and body in one send).
+
 :func:`uvicorn_options` is the one place that turns settings into uvicorn options.
 """
 
