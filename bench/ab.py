@@ -51,11 +51,22 @@ def _thread_label(key: str) -> str:
     return f"{pid}/{'main' if tid == pid else tid}"
 
 
-def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path, args: argparse.Namespace,
-          scratch: Path) -> dict[str, Any]:
+def start_warm(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path, args: argparse.Namespace,
+               scratch: Path) -> srvmod.Server:
+    """A fresh server (access log on, plus ``settings``; from ``root`` when given), warmed by 2 s of load."""
     srv = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings}, root=root)
     try:
         load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, args.clients, 2, scratch)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def phase(settings: dict[str, Any], root: Path | None, repo: Path, bodies: Path, args: argparse.Namespace,
+          scratch: Path) -> dict[str, Any]:
+    srv = start_warm(settings, root, repo, bodies, args, scratch)
+    try:
         return measure(srv, bodies, args, scratch)
     finally:
         srv.stop()
@@ -70,6 +81,7 @@ def measure(srv: srvmod.Server, bodies: Path, args: argparse.Namespace, scratch:
     batches = srvmod.histogram_delta(m0, srv.metrics(), "lstm_serve_batch_size", "bench")
     n = max(w["requests"], 1)
     threads = sorted(((k, (v - before.get(k, 0.0)) * 1e6 / n) for k, v in after.items()), key=lambda kv: -kv[1])
+    loop_us = sum(us for k, us in threads if _thread_label(k).endswith("/main"))  # every process's event loop
     return {
         "req_s": w["req_s"],
         "p50_ms": w["p50_ms"],
@@ -79,6 +91,7 @@ def measure(srv: srvmod.Server, bodies: Path, args: argparse.Namespace, scratch:
         "wrk_us_per_req": w["cpu_s"] * 1e6 / n,  # the client shares the cores
         "cores": cpu / wall,
         "mean_batch": batches["mean"],
+        "loop_us_per_req": loop_us,
         # "pid/tid" per thread, "pid/main" for a process's main (event-loop) thread
         "threads_us_per_req": [f"{_thread_label(k)}:{us:.0f}" for k, us in threads[:5]],
     }
@@ -113,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.interleave:
             for label in ("A", "B"):
-                servers[label] = srvmod.start(repo, scratch / "logs", {"access_log": "true", **settings[label]},
-                                              root=args.b_root if label == "B" else None)
-            for srv in servers.values():
-                load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, args.clients, 2, scratch)
+                servers[label] = start_warm(settings[label], args.b_root if label == "B" else None, repo, bodies,
+                                            args, scratch)
         _rounds(args, settings, servers, repo, bodies, scratch, rows)
     finally:
         for srv in servers.values():
@@ -125,15 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]
         print(f"B/A {key}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
     if args.interleave:
-        ratios = [_main_us(b) / _main_us(a) for a, b in zip(rows[::2], rows[1::2], strict=True)]
+        ratios = [b["loop_us_per_req"] / a["loop_us_per_req"] for a, b in zip(rows[::2], rows[1::2], strict=True)]
         print(f"B/A event-loop thread us/req: median {statistics.median(ratios):.3f} "
               f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
     return 1 if any(r["errors"] for r in rows) else 0
-
-
-def _main_us(row: dict[str, Any]) -> float:
-    """CPU per request of the event-loop threads among a phase's busiest five (pid/main)."""
-    return sum(float(t.rsplit(":", 1)[1]) for t in row["threads_us_per_req"] if "/main:" in t)
 
 
 def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], servers: dict[str, srvmod.Server],
