@@ -55,14 +55,34 @@ def test_each_answer_reaches_the_client_in_one_segment(server: Server, route: st
     assert segments == 20, f"20 answers arrived in {segments} data segments"
 
 
+def split_responses(stream: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each Content-Length framed response in ``stream``, in order; the
+    stream must end exactly after the last one."""
+    out = []
+    while stream:
+        head, sep, rest = stream.partition(b"\r\n\r\n")
+        assert sep, f"an incomplete response head: {stream[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+        length = int(headers["content-length"])
+        assert len(rest) >= length, f"a body cut short: {rest!r}"
+        out.append((int(lines[0].split()[1]), rest[:length]))
+        stream = rest[length:]
+    return out
+
+
 def test_pipelined_requests_are_answered_whole_and_in_order(server: Server) -> None:
     paths = [b"/v2/health/ready", b"/v2/models/uni", b"/v2/health/live", b"/v2/models/nope"]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"".join(request_bytes("GET", p) for p in paths))
-        answers = [read_response(sock) for _ in paths]
-    assert [a.status for a in answers] == [200, 200, 200, 404]
-    assert orjson.loads(answers[1].body)["name"] == "uni"
-    assert "nope" in orjson.loads(answers[3].body)["error"]
+        sock.sendall(b"".join(request_bytes("GET", p, {"Connection": "close"} if p == paths[-1] else None)
+                              for p in paths))
+        stream = b""
+        while chunk := sock.recv(65536):  # to the end: the last request asked the server to close
+            stream += chunk
+    answers = split_responses(stream)
+    assert [status for status, _ in answers] == [200, 200, 200, 404]
+    assert orjson.loads(answers[1][1])["name"] == "uni"
+    assert "nope" in orjson.loads(answers[3][1])["error"]
 
 
 class _Peer:
