@@ -5,11 +5,15 @@ uvicorn + uvloop + httptools, the same body read in full, parsed by orjson and d
 float32 numpy array of the declared shape (as the server's codec does), and a constant small
 JSON answer. No model, no batching, no middleware. ``bench.overhead`` runs it in the same run as
 the server and raw ONNX Runtime, so (server CPU - raw ORT CPU) / floor CPU compares like with like.
+
+``--bare`` does the same work on a bare httptools protocol without ASGI (:class:`BareProtocol`):
+reported beside the floor, the difference is what the ASGI server layer costs a request.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -45,12 +49,57 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def main() -> None:
-    import uvicorn
+class BareProtocol(asyncio.Protocol):
+    """``--bare``: the same work on a bare ``asyncio.Protocol`` over httptools (uvloop), no
+    ASGI: no scope, request cycle, task or timer per request, one write per answer, keep-alive
+    only. Not a server anyone should run; the distance from it to the floor is what the ASGI
+    server layer itself (uvicorn's protocol and cycle) costs a request."""
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import httptools
+
+        self.transport: Any = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.chunks: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.chunks = []
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        body = _READY
+        if self.parser.get_method() == b"POST":
+            doc = orjson.loads(b"".join(self.chunks))
+            entry = doc["inputs"][0]
+            x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
+            if x.size == 0:
+                raise ValueError("empty input")
+            body = _ANSWER
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bare", action="store_true", help="the same work without ASGI (BareProtocol)")
     args = ap.parse_args()
+    if args.bare:
+        import uvloop
+
+        async def serve() -> None:
+            server = await asyncio.get_running_loop().create_server(BareProtocol, "127.0.0.1", args.port, backlog=1024)
+            await server.serve_forever()
+
+        uvloop.run(serve())
+        return
+    import uvicorn
+
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning", server_header=False, lifespan="off")
 

@@ -4,6 +4,11 @@ Per round, on the same machine, model and body (one 50-step sequence, 32 wrk con
 
 * the **floor** (``bench.floor``): uvicorn + uvloop + httptools, the body read and decoded into
   a numpy array, a constant small answer: the least this stack spends on a request;
+* the **bare floor** (``bench.floor --bare``): the floor's work without ASGI, on a bare
+  httptools protocol: what the ASGI server layer itself costs;
+* the **batching floor** (``bench.lean``): the floor's app plus a minimal batcher and the
+  server's own ONNX Runtime session, with none of the server's guarantees: what batching alone
+  costs on this stack (its overhead ratio is reported like a layout's);
 * **raw ONNX Runtime** (``bench.rawort``) with each layout's session settings, at batches
   1..32: CPU per row, interpolated at the batch the server formed;
 * each **layout** of the server (one process, shared engine, two copies), and, with
@@ -53,11 +58,11 @@ BATCHES = (1, 2, 4, 8, 16, 32)
 
 
 class Floor:
-    """``python -m bench.floor`` on a free port, ready once it answers."""
+    """``python -m bench.floor`` (or another bench module's server) on a free port, ready once it answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "bench.floor", *args: str) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--port", str(self.port)], cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(self.port), *args], cwd=ROOT)
         proc.track(self.proc.pid)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -66,7 +71,7 @@ class Floor:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError("floor server not ready")
+        raise RuntimeError(f"{module} server not ready")
 
     url = property(lambda self: f"http://127.0.0.1:{self.port}")
     pid = property(lambda self: self.proc.pid)
@@ -78,6 +83,18 @@ class Floor:
         self.proc.terminate()
         self.proc.wait(10)
         proc.untrack(self.proc.pid)
+
+
+class Lean(Floor):
+    """``python -m bench.lean``: the leanest batching server (the floor's app, a minimal batcher,
+    the server's ONNX Runtime session); ``mean_batch`` from its own counts."""
+
+    def __init__(self, model: Path) -> None:
+        super().__init__("bench.lean", "--model", str(model))
+
+    def batches(self) -> tuple[int, int]:
+        s = httpx.get(f"{self.url}/stats", timeout=5).json()
+        return s["rows"], s["batches"]
 
 
 def connections_per_process(port: int) -> dict[int, int]:
@@ -173,8 +190,29 @@ def run(args: argparse.Namespace) -> dict:
                   for enc in encodings if enc == "json"}
         finally:
             floor.stop()
-        row: dict[str, dict] = {}
+        bare = Floor("bench.floor", "--bare")
+        try:
+            load.run_wrk(f"{bare.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+            fl["bare"] = measure(bare, bodies["json"], 32, args.seconds, scratch, metrics=False)
+        finally:
+            bare.stop()
         curves: dict[str, dict] = {}
+        lean_key = json.dumps({"workers": 1}, sort_keys=True)
+        curves[lean_key] = raw_curve(model, {"workers": 1}, args.raw_seconds)
+        lean = Lean(model)
+        try:
+            load.run_wrk(f"{lean.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+            rows0, batches0 = lean.batches()
+            ln = measure(lean, bodies["json"], 32, args.seconds, scratch, metrics=False)
+            rows1, batches1 = lean.batches()
+        finally:
+            lean.stop()
+        ln["mean_batch"] = (rows1 - rows0) / max(batches1 - batches0, 1)
+        ln["raw_cpu_us_per_row"] = at_batch(curves[lean_key], ln["mean_batch"]) * 1000
+        ln["overhead_us"] = ln["cpu_us_per_req"] - ln["raw_cpu_us_per_row"]
+        ln["overhead_x_floor"] = ln["overhead_us"] / fl["json"]["cpu_us_per_req"]
+        ln["cpu_efficiency"] = ln["raw_cpu_us_per_row"] / ln["cpu_us_per_req"]
+        row: dict[str, dict] = {}
         for name, settings in layouts.items():
             settings = dict(settings)
             root = settings.pop("_root", None)
@@ -204,9 +242,10 @@ def run(args: argparse.Namespace) -> dict:
             row[name] = d
         one = row["one process"]["json"]["req_s"]
         ratios = {n: d["json"]["req_s"] / one for n, d in row.items()}
-        rounds.append({"round": r + 1, "load_before": load_before, "floor": fl, "raw": curves, "layouts": row,
+        rounds.append({"round": r + 1, "load_before": load_before, "floor": fl, "lean": ln, "raw": curves, "layouts": row,
                        "req_s_vs_one_process": ratios})
         print(json.dumps({"round": r + 1, "floor_us": fl["json"]["cpu_us_per_req"],
+                          "lean_overhead_x_floor": round(ln["overhead_x_floor"], 2),
                           "overhead_x_floor": {n: round(d["json"]["overhead_x_floor"], 2) for n, d in row.items()},
                           "vs_one": {n: round(v, 2) for n, v in ratios.items()}}), flush=True)
     return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
@@ -228,6 +267,19 @@ def profile(srv: srvmod.Server, bodies: Path, seconds: float, scratch: Path) -> 
     return res
 
 
+def _lean_line(rnd: dict) -> list[str]:
+    ln = rnd.get("lean")
+    if not ln:
+        return []
+    one = rnd["layouts"]["one process"]["json"]
+    return [f"Batching floor (`bench.lean`: the floor's app, a minimal batcher, the server's ONNX Runtime session; "
+            f"no guarantees): {ln['req_s']:.0f} req/s, {ln['cpu_us_per_req']:.0f} us CPU/request (event-loop thread "
+            f"{ln['loop_cpu_us_per_req']:.0f}), mean batch {ln['mean_batch']:.1f}, raw ORT {ln['raw_cpu_us_per_row']:.0f} us/row: "
+            f"overhead **{ln['overhead_x_floor']:.2f}x the floor**, CPU efficiency {ln['cpu_efficiency']:.2f}. "
+            f"One process, JSON, against it: {one['req_s'] / ln['req_s']:.2f}x the throughput, "
+            f"{one['cpu_us_per_req'] - ln['cpu_us_per_req']:+.0f} us CPU/request."]
+
+
 def report(res: dict) -> str:
     lines = [f"# Per-request overhead against the HTTP floor ({res['cores']} cores, same run)", "",
              f"`{res['command']}`, {res['started']}, {res['seconds']:.0f} s per phase, 32 wrk connections, one "
@@ -239,6 +291,11 @@ def report(res: dict) -> str:
         lines += [f"## Round {rnd['round']} (load average before: {', '.join(f'{x:.2f}' for x in rnd['load_before'])})", "",
                   f"Floor (uvicorn + uvloop + httptools, body decoded to numpy, constant answer): "
                   f"**{fl['cpu_us_per_req']:.0f} us CPU/request**, {fl['req_s']:.0f} req/s on {fl['server_cores']:.2f} cores.",
+                  *([f"Bare floor (`bench.floor --bare`: the same work on a bare httptools protocol, no ASGI): "
+                      f"{rnd['floor']['bare']['cpu_us_per_req']:.0f} us CPU/request, {rnd['floor']['bare']['req_s']:.0f} req/s: the ASGI "
+                      f"server layer is {fl['cpu_us_per_req'] - rnd['floor']['bare']['cpu_us_per_req']:.0f} us of the floor's "
+                      f"{fl['cpu_us_per_req']:.0f}."] if "bare" in rnd["floor"] else []),
+                  *_lean_line(rnd),
                   "One process: its event-loop thread " + ", ".join(
                       f"{enc} **{rnd['layouts']['one process'][enc].get('loop_cpu_us_per_req', float('nan')):.0f} us/request**"
                       for enc in ("json", "binary") if enc in rnd["layouts"]["one process"])
@@ -268,13 +325,18 @@ def report(res: dict) -> str:
     if len(res["rounds"]) > 1:
         names = list(res["rounds"][0]["layouts"])
         lines.append("Across rounds, overhead / floor (JSON): " + ", ".join(
-            f"{n} {statistics.mean(r['layouts'][n]['json']['overhead_x_floor'] for r in res['rounds']):.2f}" for n in names))
+            f"{n} {statistics.mean(r['layouts'][n]['json']['overhead_x_floor'] for r in res['rounds']):.2f}" for n in names)
+            + ("" if "lean" not in res["rounds"][0] else
+               f", batching floor {statistics.mean(r['lean']['overhead_x_floor'] for r in res['rounds']):.2f}"))
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    from . import overhead_interleaved
+
     if len(sys.argv) == 3 and sys.argv[1] == "--report":
-        print(report(json.loads(Path(sys.argv[2]).read_text())))
+        res = json.loads(Path(sys.argv[2]).read_text())
+        print((overhead_interleaved.report if res.get("mode") == "interleaved" else report)(res))
         return
     ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,11 +355,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default="overhead", help="file stem of the results")
     ap.add_argument("--model", choices=("bench", "tiny"), default="bench")
+    ap.add_argument("--interleave", action="store_true",
+                    help="every target up at once, the load alternated among them; --rounds cycles, JSON only "
+                         "(bench/overhead_interleaved.py)")
     args = ap.parse_args()
-    res = run(args)
+    mode = overhead_interleaved if args.interleave else sys.modules[__name__]
+    res = mode.run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1))
-    text = report(res)
+    text = mode.report(res)
     (args.out / f"{args.name}.md").write_text(text)
     print(text)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import orjson
 
 from bench import load
@@ -35,6 +36,22 @@ def test_the_floor_decodes_the_bench_body_and_answers_a_constant(tmp_path: Path)
         floor.stop()
 
 
+def test_the_bare_floor_does_the_floors_work_over_keep_alive(tmp_path: Path) -> None:
+    bodies = load.write_bodies(tmp_path, "fixed", "json", features=8)
+    body = (bodies / "body1.bin").read_bytes()
+    bare = Floor("bench.floor", "--bare")
+    try:
+        with httpx.Client(base_url=bare.url, timeout=10) as client:  # one connection, three answers
+            for _ in range(3):
+                resp = client.post("/v2/models/bench/infer", content=body)
+                assert resp.status_code == 200 and resp.json()["outputs"][0]["shape"] == [1, 1]
+        bad = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 2], "data": [1.0]}]})
+        with pytest.raises(httpx.TransportError):  # it decodes: a body that does not is not answered
+            httpx.post(f"{bare.url}/v2/models/bench/infer", content=bad, timeout=5)
+    finally:
+        bare.stop()
+
+
 def test_raw_cpu_is_interpolated_on_log2_batch() -> None:
     curve = {"callers": 1, "cases": [{"batch": b, "callers": 1, "cpu_ms_per_seq": v}
                                      for b, v in ((1, 0.8), (2, 0.6), (4, 0.5), (16, 0.4))]}
@@ -59,3 +76,40 @@ def test_profile_charges_each_sample_to_the_thread_that_took_it() -> None:
     assert r["samples"] == 20 and r["idle_samples_left_out"] == 7
     assert r["thread_share_pct"] == {"event loop thread": 50.0, "ORT worker threads": 50.0, "other threads": 0.0}
     assert r["by_thread_pct"]["event loop thread"] == {"decode request (orjson + numpy)": 30.0, "uvicorn HTTP (httptools)": 20.0}
+
+
+def test_the_batching_floor_answers_what_the_model_computes() -> None:
+    """``bench.lean`` is only a fair rung if it does the work: its answers are the model's own
+    output for each sequence, batched (its counts add up), on the server's ONNX Runtime session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.config import Settings
+    from app.engine import padding
+    from app.engine.runtime import Runtime
+    from app.v2.sequences import Sequences
+    from bench.__main__ import model_path
+    from bench.overhead import Lean
+
+    path = model_path("tiny")
+    runtime = Runtime(path, Settings())
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 7, runtime.spec.input_size)).astype(np.float32) for _ in range(12)]
+    lean = Lean(path)
+    try:
+        def post(x: np.ndarray) -> np.ndarray:
+            body = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                             "data": x.reshape(-1).tolist()}]})
+            resp = httpx.post(f"{lean.url}/v2/models/bench/infer", content=body, timeout=30)
+            assert resp.status_code == 200
+            out = resp.json()["outputs"][0]
+            return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(post, xs))
+        rows, batches = lean.batches()
+    finally:
+        lean.stop()
+    assert rows == len(xs) and 1 <= batches <= len(xs)
+    for x, y in zip(xs, got):
+        feeds = padding.merge([Sequences(x, np.full(1, 7, np.int32))], runtime.spec).feeds
+        np.testing.assert_allclose(y, runtime.run(feeds, ["output"])["output"], rtol=1e-5, atol=1e-6)
