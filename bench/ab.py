@@ -1,7 +1,8 @@
 """``python -m bench.ab``: two server settings, alternated round by round on one load.
 
 This machine's speed drifts by 10-20 % from one minute to the next (shared host), so a setting
-is judged by pairs run back to back, A then B, several times, never by two separate runs:
+is judged by pairs run back to back, A then B and B then A in turn, several times, never by two
+separate runs:
 
     python -m bench.ab --a '{}' --b '{"max_length_ratio": 1e6}' --mix longtail --rounds 3
     python -m bench.ab --b '{}' --b-root /tmp/before --model tiny   # this tree against another
@@ -132,20 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for srv in servers.values():
             srv.stop()
-    for key in ("req_s", "cpu_us_per_req", "p99_ms"):
-        ratios = [b[key] / a[key] for a, b in zip(rows[::2], rows[1::2], strict=True)]
-        print(f"B/A {key}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+    pairs = [(next(r for r in rows if r["round"] == n and r["setting"] == "A"),
+              next(r for r in rows if r["round"] == n and r["setting"] == "B")) for n in range(1, args.rounds + 1)]
+    keys = [("req_s", "req_s"), ("cpu_us_per_req", "cpu_us_per_req"), ("p99_ms", "p99_ms")]
     if args.interleave:
-        ratios = [b["loop_us_per_req"] / a["loop_us_per_req"] for a, b in zip(rows[::2], rows[1::2], strict=True)]
-        print(f"B/A event-loop thread us/req: median {statistics.median(ratios):.3f} "
-              f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+        keys.append(("event-loop thread us/req", "loop_us_per_req"))
+    for label, key in keys:
+        ratios = [b[key] / a[key] for a, b in pairs]
+        print(f"B/A {label}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
     return 1 if any(r["errors"] for r in rows) else 0
 
 
 def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], servers: dict[str, srvmod.Server],
             repo: Path, bodies: Path, scratch: Path, rows: list[dict[str, Any]]) -> None:
     for rnd in range(1, args.rounds + 1):
-        for label in ("A", "B"):
+        # A first in odd rounds, B first in even ones: whatever the second phase of a pair gains or
+        # loses by coming second (it was measured both ways) falls on each setting equally.
+        for label in ("A", "B") if rnd % 2 else ("B", "A"):
             if servers:
                 r = {"round": rnd, "setting": label, **measure(servers[label], bodies, args, scratch)}
             else:

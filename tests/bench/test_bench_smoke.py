@@ -93,6 +93,8 @@ def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path, int
     ratio = re.search(r"B/A req_s: median ([0-9.]+)", p.stdout)
     assert ratio and float(ratio.group(1)) > 0, p.stdout
     if interleave:  # one server per setting for all rounds, so each pid shows up in both rounds
+        # A then B, then B then A: coming second in a pair is no setting's advantage
+        assert re.findall(r"round (\d) ([AB]):", p.stdout) == [("1", "A"), ("1", "B"), ("2", "B"), ("2", "A")], p.stdout
         pids = re.findall(r"round (\d) ([AB]):.*?busiest threads \(us/req\) (\d+)/", p.stdout)
         assert len(pids) == 4 and len({pid for _, label, pid in pids if label == "A"}) == 1, p.stdout
         assert {pid for _, label, pid in pids if label == "B"}.isdisjoint({pid for _, label, pid in pids if label == "A"})
