@@ -122,3 +122,25 @@ def test_oncpu_splits_the_loop_threads_cpu_by_library_for_floor_and_server() -> 
     assert sum(f for f, _ in parts) == pytest.approx(floor, rel=0.05), p.stdout
     assert sum(s for _, s in parts) == pytest.approx(server, rel=0.05), p.stdout
     assert rows["Python interpreter (libpython)"][1] > 0, p.stdout
+
+
+def test_overhead_interleaved_keeps_every_target_up_and_reports_medians(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
+    pytest.importorskip("torch")  # the bench exports its model
+    cmd = [sys.executable, "-m", "bench.overhead", "--interleave", "--model", "tiny", "--seconds", "1", "--rounds", "2",
+           "--raw-seconds", "0.1", "--only", "one process", "--out", str(tmp_path), "--name", "ilv"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((tmp_path / "ilv.json").read_text())
+    assert [c["cycle"] for c in res["cycles"]] == [1, 2]
+    for cycle in res["cycles"]:
+        t = cycle["targets"]
+        assert set(t) == {"floor", "bare floor", "batching floor", "one process"}
+        assert all(m["errors"] == 0 and m["req_s"] > 0 for m in t.values())
+        # the server and the batching floor batch; every ratio is taken against this cycle's floor
+        assert t["one process"]["mean_batch"] >= 1 and t["batching floor"]["mean_batch"] >= 1
+        one = t["one process"]
+        assert one["overhead_x_floor"] == pytest.approx(one["overhead_us"] / t["floor"]["cpu_us_per_req"])
+    text = (tmp_path / "ilv.md").read_text()
+    assert "| batching floor |" in text and "The ASGI server layer (floor - bare floor)" in text
