@@ -144,3 +144,13 @@ def test_overhead_interleaved_keeps_every_target_up_and_reports_medians(tmp_path
         assert one["overhead_x_floor"] == pytest.approx(one["overhead_us"] / t["floor"]["cpu_us_per_req"])
     text = (tmp_path / "ilv.md").read_text()
     assert "| batching floor |" in text and "The ASGI server layer (floor - bare floor)" in text
+
+
+def test_knockout_measures_the_entry_with_each_piece_replaced() -> None:
+    pytest.importorskip("torch")  # the bench exports its model
+    cmd = [sys.executable, "-m", "bench.knockout", "--model", "tiny", "--rounds", "2", "--requests", "300"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^(.{20}) +([0-9.]+) +saves", p.stdout, re.M)}
+    assert set(rows) == {"everything", "no access log", "no request metrics", "bare decode"}, p.stdout
+    assert all(v > 0 for v in rows.values()), p.stdout
