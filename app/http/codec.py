@@ -25,6 +25,7 @@ Strict where a lenient decoder would guess: flags must be JSON booleans, ``data`
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,9 @@ from app.contract import ModelSpec
 from app.v2 import request
 from app.v2.errors import InvalidInput
 from app.v2.request import V2_DTYPES, V2_NAMES, InferRequest, Limits
+from app.v2.sequences import Sequences
 
-__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "decode_document",
+__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "common_request", "decode_document",
            "decode_request", "encode_response", "json_values"]
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -189,7 +191,96 @@ def decode_request(
 ) -> InferRequest:
     """Decode and check one inference request against the model; raises InvalidInput."""
     doc, binary = _parse_header(body, header_length)
+    if header_length is None:
+        common = common_request(body, doc, spec, limits)
+        if common is not None:
+            return common
     return decode_document(doc, binary, spec, limits)
+
+
+_COMMON_KEYS = frozenset({"inputs", "outputs", "id"})
+_COMMON_ENTRY = frozenset({"name", "shape", "datatype", "data"})
+_COMMON_OUTPUT = frozenset({"name"})
+_DATA_KEY = re.compile(rb'"data"\s*:\s*\[')
+_EXACT = float(2**24)  # every integer below it is exact in float32, whichever way it is converted
+
+
+def common_request(body: bytes, doc: dict[str, Any], spec: ModelSpec, limits: Limits) -> InferRequest | None:
+    """The request nearly every client sends, its values converted in one numpy pass; None for
+    anything else, which :func:`decode_document` then decodes (and refuses, with its messages).
+
+    Why: the general path's numpy passes (the values' type found first, then a scan for
+    booleans hidden as 0/1, a cast, a finiteness check) and its rule-by-rule glue cost the event
+    loop 20-40 us a request more under load than the floor's bare
+    ``np.asarray(data, dtype=float32)`` (``python -m bench.knockout --engine real``). That one
+    pass alone would take what the protocol refuses (numeric strings, booleans as 1.0/0.0,
+    nulls as NaN), so this path first proves from the body's text that there is none of it, and
+    accepts only what the general path accepts, with the same array. Measured: the bench body
+    decodes in 25.8 us against 32.2 (the floor's bare decode: 17.2), the event loop's CPU per
+    request under load 0.92x (``bench.ab --interleave``, 16 pairs). What it requires:
+
+    * the document: one ``input`` entry (name, shape, datatype FP32, data), at most ``outputs``
+      (names only) and an ``id`` besides; the shape [n, t, features] within the model and the
+      limits; ``data`` a list of n*t*features items;
+    * the values' text: ``"data"`` first occurs in the body as that entry's key (no other key
+      can be named so, and a string value cannot end in ``"data"`` followed by a colon), and
+      between its ``[`` and the first ``]`` after it there is no quote (no string), no ``r`` and
+      no ``f`` (no ``true``, no ``false``); that span holds every value, since a nested list
+      fails the 1-D check below;
+    * no null, no value beyond float32 and no integer that float32 cannot hold exactly (which the
+      general path would convert through int64, this one through float64): every |value| < 2**24,
+      NaN failing that too.
+
+    A property test holds the two paths to the same answers (tests/app/test_protocol_properties.py)."""
+    if not doc.keys() <= _COMMON_KEYS:
+        return None
+    inputs = doc.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    entry = inputs[0]
+    if type(entry) is not dict or entry.keys() != _COMMON_ENTRY or entry["name"] != contract.INPUT \
+            or entry["datatype"] != "FP32":
+        return None
+    shape, data = entry["shape"], entry["data"]
+    if type(shape) is not list or len(shape) != 3 or type(data) is not list:
+        return None
+    n, t, f = shape
+    if type(n) is not int or type(t) is not int or type(f) is not int or f != spec.input_size \
+            or not 0 < n <= limits.max_batch_size or not 0 < t <= limits.max_sequence_length or len(data) != n * t * f:
+        return None
+    req_id = doc.get("id")
+    if req_id is not None and type(req_id) is not str:
+        return None
+    outputs = doc.get("outputs")
+    names: tuple[str, ...] = spec.output_names
+    if outputs is not None:
+        if type(outputs) is not list:
+            return None
+        chosen: list[str] = []
+        for out in outputs:
+            if type(out) is not dict or out.keys() != _COMMON_OUTPUT or out["name"] not in spec.output_names:
+                return None
+            if out["name"] not in chosen:
+                chosen.append(out["name"])
+        names = tuple(chosen)
+    at = body.find(b'"data"')
+    key = _DATA_KEY.match(body, at) if at >= 0 else None
+    if key is None:
+        return None
+    start = key.end()
+    end = body.find(b"]", start)
+    if end < 0 or body.find(b'"', start, end) >= 0 or body.find(b"r", start, end) >= 0 \
+            or body.find(b"f", start, end) >= 0:
+        return None
+    try:
+        with np.errstate(over="ignore"):  # out of float32's range: inf, refused just below
+            x = np.asarray(data, dtype=contract.INPUT_DTYPE)
+    except (ValueError, TypeError):
+        return None
+    if x.ndim != 1 or not np.abs(x).max() < _EXACT:
+        return None
+    lengths = np.full(n, t, dtype=contract.LENGTHS_DTYPE)
+    return InferRequest(req_id, Sequences(x.reshape(n, t, f), lengths), names, frozenset(), None)
 
 
 def check_declared_limits(inputs: Any, limits: Limits) -> None:

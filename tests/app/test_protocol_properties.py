@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -159,3 +160,108 @@ def test_a_valid_request_decodes_and_runs(demo) -> None:
     runs(*demo, body, None)
     req = decode_request(body, None, demo[1], LIMITS)
     assert req.sequences.lengths.tolist() == [3, 1]
+
+
+# -- the common request's one-pass path (codec.common_request) against the general decoder -------
+odd_values = st.sampled_from([True, False, None, "1.5", "x", "]", [0.5], {"a": 1}, 1e39, -3.5e38, 2**24, -(2**24),
+                              2**24 - 1, 2**53 + 2**29 + 1, 2**70, 0, 1, 0.0, 1.0, -0.0, 16777215.5])
+sneaky_ids = st.sampled_from(['x"data', 'x"data":[', "r", "f", "plain", 'a"b', "]", "d\\u0061ta"])
+COMMON = {"taken": 0, "declined": 0}
+
+
+@st.composite
+def common_documents(draw: st.DrawFn, features: int = 4) -> bytes:
+    """Requests of the common shape, about half valid and the rest broken or disguised in one
+    place: an odd value among the data (booleans, nulls, numeric strings, nested items, huge or
+    inexact numbers), a shape off the limits or the model, a wrong count, nesting, extra or odd
+    keys, outputs, ids that try to fake the data key, a data key spelled with an escape. Any of
+    them, valid or not, with odd ids, outputs, key order and spacing."""
+    broken = draw(st.sampled_from([None] * 8 + ["value", "n", "t", "f", "count", "nested", "name", "shape",
+                                                "datatype", "entry-params", "outputs", "doc-params", "escaped-key"]))
+    n = draw(st.integers(1, LIMITS.max_batch_size)) if broken != "n" else draw(st.sampled_from([0, LIMITS.max_batch_size + 1]))
+    t = draw(st.integers(1, LIMITS.max_sequence_length)) if broken != "t" else draw(st.sampled_from([0, LIMITS.max_sequence_length + 1]))
+    f = features if broken != "f" else draw(st.sampled_from([features - 1, features + 1]))
+    count = n * t * f
+    values = draw(st.lists(st.floats(-1e3, 1e3, width=32) | st.integers(-(2**24) + 1, 2**24 - 1) | st.sampled_from([0, 1, 0.0, 1.0, -0.0]),
+                           min_size=count, max_size=count))
+    if broken == "value" and values:
+        values[draw(st.integers(0, len(values) - 1))] = draw(odd_values)
+    data: object = values
+    if broken == "nested" and count:
+        data = [values[i:i + f] for i in range(0, count, f)]
+    elif broken == "count":
+        data = draw(st.sampled_from([values[:-1], [*values, 0.5]]))
+    entry: dict = {"name": "input" if broken != "name" else "bogus",
+                   "shape": [n, t, f] if broken != "shape" else draw(st.sampled_from([[n, t], [n, t, f, 1], [n, t, str(f)], [n, t, True]])),
+                   "datatype": "FP32" if broken != "datatype" else draw(st.sampled_from(["FP64", "INT32", "fp32"])), "data": data}
+    if broken == "entry-params":
+        entry["parameters"] = {}
+    doc: dict = {"inputs": [entry]}
+    if broken == "outputs":
+        doc["outputs"] = draw(st.sampled_from([[{"name": "bogus"}], [{"name": "output", "parameters": {"binary_data": False}}],
+                                               "output", [["output"]]]))
+    elif draw(st.booleans()):
+        doc["outputs"] = draw(st.sampled_from([[{"name": "output"}], [{"name": "output"}, {"name": "output"}],
+                                               [{"name": "final_h"}, {"name": "output"}], []]))
+    if draw(st.booleans()):
+        doc["id"] = draw(sneaky_ids | st.integers(0, 3))
+    if broken == "doc-params":
+        doc["parameters"] = {}
+    if draw(st.booleans()):
+        doc = dict(reversed(list(doc.items())))  # the id first: its text before the data's
+    text = json.dumps(doc, separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " : ")])))
+    if broken == "escaped-key":
+        text = text.replace('"data"', '"d\\u0061ta"')
+    return text.encode()
+
+
+def _outcome(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except InvalidInput as exc:
+        return exc.message
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    sa, sb = a.sequences, b.sequences  # type: ignore[attr-defined]
+    return (a.id == b.id and a.outputs == b.outputs and a.binary_outputs == b.binary_outputs  # type: ignore[attr-defined]
+            and a.stream == b.stream and sa.x.dtype == sb.x.dtype == np.float32  # type: ignore[attr-defined]
+            and sa.x.shape == sb.x.shape and np.array_equal(sa.x, sb.x, equal_nan=True)
+            and sa.lengths.dtype == sb.lengths.dtype and np.array_equal(sa.lengths, sb.lengths)
+            and sa.initial_h is None and sb.initial_h is None and sa.initial_c is None and sb.initial_c is None)
+
+
+@SETTINGS
+@given(body=common_documents())
+def test_the_common_path_takes_only_what_the_general_path_accepts_and_answers_the_same(demo, body: bytes) -> None:
+    from app.http.codec import common_request, decode_document
+
+    spec = demo[1]
+    doc = orjson.loads(body)  # as the server parses it (orjson reads an integer past 64 bits as a float)
+    general = _outcome(decode_document, orjson.loads(body), memoryview(b""), spec, LIMITS)
+    fast = common_request(body, doc, spec, LIMITS)
+    COMMON["taken" if fast is not None else "declined"] += 1
+    if fast is not None:
+        assert not isinstance(general, str), f"the common path took what the general path refuses: {general}"
+        assert _same(fast, general)
+    # and what a client sees, through the one entry point, is the general path's answer
+    assert _same(_outcome(decode_request, body, None, spec, LIMITS), general)
+
+
+def test_the_common_strategy_exercises_both_outcomes() -> None:
+    print(f"common path: {COMMON['taken']} taken, {COMMON['declined']} declined")
+    assert COMMON["taken"] >= EXAMPLES // 10 and COMMON["declined"] >= EXAMPLES // 4, COMMON
+
+
+def test_a_plain_request_takes_the_common_path(demo) -> None:
+    from app.http.codec import common_request
+
+    spec = demo[1]
+    values = np.random.default_rng(0).standard_normal(2 * 3 * 4).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 4], "datatype": "FP32", "data": values.tolist()}],
+                       "outputs": [{"name": "output"}], "id": "req-1"}).encode()
+    req = common_request(body, orjson.loads(body), spec, LIMITS)
+    assert req is not None and req.id == "req-1" and req.outputs == ("output",)
+    assert np.array_equal(req.sequences.x, values.reshape(2, 3, 4)) and req.sequences.lengths.tolist() == [3, 3]
