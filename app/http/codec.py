@@ -17,6 +17,10 @@ is followed by the raw little-endian bytes of each tensor that declares
 same way when asked for with ``parameters.binary_data`` on a requested output or
 ``binary_data_output`` on the request; as in Triton, the output's own setting wins.
 
+The request nearly every client sends (one FP32 ``input``, names-only outputs, an id) is
+decoded in one numpy pass once its text proves the general checks would pass
+(:func:`common_request`); everything else, and every refusal, takes the general path.
+
 Strict where a lenient decoder would guess: flags must be JSON booleans, ``data`` JSON numbers
 (integers for INT32), ``parameters`` objects, and an input gives exactly one of ``data`` and
 ``parameters.binary_data_size``; anything else is refused with a message naming the field.
@@ -38,8 +42,8 @@ from app.v2.errors import InvalidInput
 from app.v2.request import V2_DTYPES, V2_NAMES, InferRequest, Limits
 from app.v2.sequences import Sequences
 
-__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "common_request", "decode_document",
-           "decode_request", "encode_response", "json_values"]
+__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "common_request",
+           "decode_document", "decode_request", "encode_response", "json_values"]
 
 HEADER_LENGTH = "inference-header-content-length"
 
