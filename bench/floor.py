@@ -25,6 +25,25 @@ _HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(
 _READY = b'{"ready":true}'
 
 
+def decode_input(body: bytes) -> np.ndarray:
+    """The floor's decode: the first input's data as a float32 array of its declared shape."""
+    entry = orjson.loads(body)["inputs"][0]
+    x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
+    if x.size == 0:
+        raise ValueError("empty input")
+    return x
+
+
+async def read_input(receive: Any) -> np.ndarray:
+    """The whole ASGI request body, then :func:`decode_input`."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return decode_input(b"".join(chunks))
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: POST = read the body, decode its first input into an array, answer a constant;
     anything else (the bench's readiness probe) = 200."""
@@ -33,17 +52,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = _READY
     headers = [(b"content-type", b"application/json"), (b"content-length", b"14")]
     if scope["method"] == "POST":
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        doc = orjson.loads(b"".join(chunks))
-        entry = doc["inputs"][0]
-        x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
-        if x.size == 0:
-            raise ValueError("empty input")
+        await read_input(receive)
         body, headers = _ANSWER, _HEADERS
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -74,11 +83,7 @@ class BareProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         body = _READY
         if self.parser.get_method() == b"POST":
-            doc = orjson.loads(b"".join(self.chunks))
-            entry = doc["inputs"][0]
-            x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
-            if x.size == 0:
-                raise ValueError("empty input")
+            decode_input(b"".join(self.chunks))
             body = _ANSWER
         self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                              % (len(body), body))

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from . import load
+from .floor import decode_input
 from .__main__ import model_path
 
 
@@ -68,9 +68,7 @@ def _variants(entry: Any, state: Any) -> dict[str, Callable[[_Knock], None]]:
     from app.v2.sequences import Sequences
 
     async def bare_decode(body: bytes, header_length: str | None, spec: Any, limits: Any) -> Any:
-        doc = orjson.loads(body)
-        inp = doc["inputs"][0]
-        x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+        x = decode_input(body)
         return InferRequest(None, Sequences(x, np.full(x.shape[0], x.shape[1], np.int32)), ("output",), frozenset(), None)
 
     def no_log(k: _Knock) -> None:

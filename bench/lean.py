@@ -31,6 +31,8 @@ from app.engine import padding
 from app.engine.runtime import Runtime
 from app.v2.sequences import Sequences
 
+from .floor import read_input
+
 _READY = b'{"ready":true}'
 
 
@@ -91,16 +93,7 @@ def make_app(batcher: LeanBatcher) -> Any:
             return
         body = _READY
         if scope["method"] == "POST":
-            chunks = []
-            while True:
-                message = await receive()
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-            doc = orjson.loads(b"".join(chunks))
-            entry = doc["inputs"][0]
-            x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
-            out = await batcher.submit(x)
+            out = await batcher.submit(await read_input(receive))
             body = orjson.dumps({"model_name": "bench", "model_version": "1", "outputs": [
                 {"name": "output", "datatype": "FP32", "shape": list(out.shape), "data": out.reshape(-1)}]},
                 option=orjson.OPT_SERIALIZE_NUMPY)

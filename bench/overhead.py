@@ -168,6 +168,16 @@ def at_batch(curve: dict, batch: float, key: str = "cpu_ms_per_seq") -> float:
     return float(np.interp(math.log2(max(batch, 1.0)), np.log2([p[0] for p in pts]), [p[1] for p in pts]))
 
 
+def add_overhead(m: dict, curve: dict, floor_us: float) -> None:
+    """Derive, for a measured phase with a ``mean_batch``: raw ORT CPU per row at that batch, the
+    overhead over it, that overhead in floors, and the CPU efficiency."""
+    raw_us = at_batch(curve, m["mean_batch"]) * 1000
+    m["raw_cpu_us_per_row"] = raw_us
+    m["overhead_us"] = m["cpu_us_per_req"] - raw_us
+    m["overhead_x_floor"] = m["overhead_us"] / floor_us
+    m["cpu_efficiency"] = raw_us / m["cpu_us_per_req"]
+
+
 def run(args: argparse.Namespace) -> dict:
     from .__main__ import model_path
 
@@ -208,10 +218,7 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             lean.stop()
         ln["mean_batch"] = (rows1 - rows0) / max(batches1 - batches0, 1)
-        ln["raw_cpu_us_per_row"] = at_batch(curves[lean_key], ln["mean_batch"]) * 1000
-        ln["overhead_us"] = ln["cpu_us_per_req"] - ln["raw_cpu_us_per_row"]
-        ln["overhead_x_floor"] = ln["overhead_us"] / fl["json"]["cpu_us_per_req"]
-        ln["cpu_efficiency"] = ln["raw_cpu_us_per_row"] / ln["cpu_us_per_req"]
+        add_overhead(ln, curves[lean_key], fl["json"]["cpu_us_per_req"])
         row: dict[str, dict] = {}
         for name, settings in layouts.items():
             settings = dict(settings)
@@ -231,12 +238,7 @@ def run(args: argparse.Namespace) -> dict:
                 srv.stop()
             curve = curves[key]
             for enc in encodings:
-                m = d[enc]
-                raw_us = at_batch(curve, m["mean_batch"]) * 1000
-                m["raw_cpu_us_per_row"] = raw_us
-                m["overhead_us"] = m["cpu_us_per_req"] - raw_us
-                m["overhead_x_floor"] = m["overhead_us"] / fl["json"]["cpu_us_per_req"]
-                m["cpu_efficiency"] = raw_us / m["cpu_us_per_req"]
+                add_overhead(d[enc], curve, fl["json"]["cpu_us_per_req"])
             d["raw_b1_p50_ms"] = at_batch(curve, 1, "p50_ms")
             d["raw_b1_p50_ms_1caller"] = next(c["p50_ms"] for c in curve["cases"] if c["batch"] == 1 and c["callers"] == 1)
             row[name] = d

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import load
 from . import server as srvmod
-from .overhead import LAYOUTS, Floor, Lean, at_batch, measure, raw_curve
+from .overhead import LAYOUTS, Floor, Lean, add_overhead, measure, raw_curve
 
 FLOOR, BARE, LEAN = "floor", "bare floor", "batching floor"
 
@@ -77,11 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             floor_us = row[FLOOR]["cpu_us_per_req"]
             for name in [LEAN, *layouts]:
                 m = row[name]
-                raw_us = at_batch(curves[_settings_key(layouts.get(name, {"workers": 1}))], m["mean_batch"]) * 1000
-                m["raw_cpu_us_per_row"] = raw_us
-                m["overhead_us"] = m["cpu_us_per_req"] - raw_us
-                m["overhead_x_floor"] = m["overhead_us"] / floor_us
-                m["cpu_efficiency"] = raw_us / m["cpu_us_per_req"]
+                add_overhead(m, curves[_settings_key(layouts.get(name, {"workers": 1}))], floor_us)
                 m["vs_one_process"] = m["req_s"] / row["one process"]["req_s"]
             cycles.append({"cycle": c + 1, "load_before": os.getloadavg(), "targets": row})
             print(json.dumps({"cycle": c + 1, "floor_us": round(floor_us, 1),
