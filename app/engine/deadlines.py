@@ -21,11 +21,13 @@ from collections import deque
 
 
 class Wait:
-    """One request's wait: its deadline (loop time), its task, whether the deadline passed."""
+    """One request's wait: its timeout, its deadline (loop time), its task, whether the deadline
+    passed."""
 
-    __slots__ = ("when", "task", "expired")
+    __slots__ = ("timeout_s", "when", "task", "expired")
 
-    def __init__(self, when: float, task: asyncio.Task | None) -> None:
+    def __init__(self, timeout_s: float, when: float, task: asyncio.Task | None) -> None:
+        self.timeout_s = timeout_s
         self.when = when
         self.task = task  # None once the wait is over
         self.expired = False
@@ -53,15 +55,16 @@ class Deadlines:
         queue = self._queues.get(timeout_s)
         if queue is None:
             queue = self._queues[timeout_s] = _Queue()
-        wait = Wait(self.loop.time() + timeout_s, task)
+        wait = Wait(timeout_s, self.loop.time() + timeout_s, task)
         queue.waits.append(wait)
         if queue.timer is None:
             queue.timer = self.loop.call_at(wait.when, self._fire, timeout_s)
         return wait
 
-    def finish(self, wait: Wait, timeout_s: float) -> None:
+    def finish(self, wait: Wait) -> None:
         """The wait is over (answered, refused, expired or cancelled)."""
         wait.task = None
+        timeout_s = wait.timeout_s
         queue = self._queues.get(timeout_s)
         if queue is None:
             return

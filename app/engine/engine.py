@@ -95,7 +95,7 @@ class Engine(ABC):
                 raise RequestTimeout(f"request was not answered within {why}; its queued work was dropped") from None
             raise
         finally:
-            deadlines.finish(wait, timeout_s)
+            deadlines.finish(wait)
 
     @abstractmethod
     async def stats(self, models: list[ModelInfo]) -> list[dict[str, Any]]:

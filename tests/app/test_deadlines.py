@@ -26,7 +26,7 @@ async def _waiter(deadlines: Deadlines, timeout_s: float, hold_s: float, log: li
         assert wait.expired and task.uncancel() == 0
         log.append(f"{name} expired")
     finally:
-        deadlines.finish(wait, timeout_s)
+        deadlines.finish(wait)
 
 
 def test_requests_sharing_a_timeout_share_one_timer_and_expire_at_their_own_deadline() -> None:
@@ -79,7 +79,7 @@ def test_a_cancellation_from_outside_is_not_taken_for_an_expiry() -> None:
         task.cancel()  # the client went away
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadlines.finish(wait, 0.5)
+        deadlines.finish(wait)
         return wait.expired, bool(deadlines._queues)
 
     assert run(main()) == (False, False)
