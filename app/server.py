@@ -36,6 +36,7 @@ from app.processes import handoff, supervisor
 from app.http.compression import ResponseCompression
 from app.config import Settings
 from app.http.connections import OpenConnections, uvicorn_options
+from app.http.direct import DirectHttpProtocol
 from app.engine.engine import Engine, LocalEngine
 from app.grpc import server as grpc_server
 from app.http.errors import install_handlers
@@ -159,8 +160,9 @@ def _run(app: FastAPI, settings: Settings, sock: socket.socket | None, channel: 
     over ``channel`` (a worker)."""
     state: ServerState = app.state.server
     token = auth.load_token(settings)
+    front = entry(app, state, auth.BearerAuth(token) if token else None)  # inference flat, the rest through `app`
     config = uvicorn.Config(
-        entry(app, state, auth.BearerAuth(token) if token else None),  # inference flat, the rest through `app`
+        front,
         host=settings.host,
         port=settings.port,
         loop="auto",
@@ -169,7 +171,9 @@ def _run(app: FastAPI, settings: Settings, sock: socket.socket | None, channel: 
         access_log=False,
         timeout_graceful_shutdown=max(settings.drain_timeout_s, 0.1),
         server_header=False,
-        **uvicorn_options(settings),  # issue 15: connection limits and timeouts (app/http/connections.py)
+        # connection limits and timeouts (app/http/connections.py); plain inference requests
+        # answered by the protocol itself (app/http/direct.py)
+        **uvicorn_options(settings, DirectHttpProtocol, entry=front),
     )
     _Server(config, app.state.server, channel).run(sockets=[sock] if sock is not None else [])
 

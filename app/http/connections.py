@@ -65,11 +65,14 @@ class OpenConnections:
 COUNT = OpenConnections()  # a worker replaces it with its shared slot (``server.serve_worker``)
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(
+    settings: Settings, protocol: type[GuardedHttpProtocol] | None = None, **attributes: Any
+) -> dict[str, Any]:
     """The ``uvicorn.Config`` keyword arguments for connection handling (one place, so every
-    worker process gets the same)."""
+    worker process gets the same); ``protocol``: a subclass of :class:`GuardedHttpProtocol`
+    (``app.http.direct``), given these class ``attributes``."""
     return {
-        "http": protocol_class(settings.max_connections, settings.body_timeout_s),
+        "http": protocol_class(settings.max_connections, settings.body_timeout_s, protocol, **attributes),
         "timeout_keep_alive": settings.keep_alive_timeout_s,
     }
 
@@ -166,12 +169,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(max_connections: int, request_timeout_s: float) -> type[GuardedHttpProtocol]:
-    """A :class:`GuardedHttpProtocol` with these limits (uvicorn builds one per connection)."""
+def protocol_class(
+    max_connections: int, request_timeout_s: float, base: type[GuardedHttpProtocol] | None = None, **attributes: Any
+) -> type[GuardedHttpProtocol]:
+    """A :class:`GuardedHttpProtocol` (or ``base``, a subclass) with these limits (uvicorn builds
+    one per connection)."""
+    base = base or GuardedHttpProtocol
     return type(
-        "GuardedHttpProtocol",
-        (GuardedHttpProtocol,),
-        {"max_connections": max_connections, "request_timeout_s": request_timeout_s},
+        base.__name__,
+        (base,),
+        {"max_connections": max_connections, "request_timeout_s": request_timeout_s, **attributes},
     )
 
 

@@ -16,6 +16,11 @@ what those layers did for it:
 5. ``X-Request-ID`` on the answer; a bug is a 500 that still carries it;
 6. once the answer is sent: the request histogram and counter, and the access line.
 
+:meth:`InferenceEntry.handle` does all of it for a request however it came: from ``__call__``
+(ASGI, through uvicorn's cycle) or from the connection's protocol with its body in hand
+(``app.http.direct``, for a plain request that arrived whole); the two differ only in how the
+body is read and the answer written.
+
 Every other request (and the lifespan) goes to the FastAPI app with today's middleware stack
 unchanged. The FastAPI inference routes stay for the OpenAPI document and in-process callers.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.contract import ContractError
 from app.http import compression, paths, routes
 from app.http.auth import BearerAuth
-from app.http.inference import fast_paths, infer
+from app.http.inference import BodyReader, fast_paths, infer, receiving
 from app.http.state import ServerState
 from app.observe import RequestLog, request_id
 from app.v2.errors import ServingError, render
@@ -41,6 +47,9 @@ from app.v2.errors import ServingError, render
 log = logging.getLogger("lstm_serve.errors")
 
 _JSON = (b"content-type", b"application/json")
+Reply = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[None]]
+"""Sends an answer: status, headers (``content-length`` included), body."""
+
 _WANTED = {b"content-length": "content-length", b"inference-header-content-length": "inference-header-content-length",
            b"content-encoding": "content-encoding"}
 
@@ -63,25 +72,48 @@ class InferenceEntry:
         self.paths = paths
         self.auth = auth
         self.gzip_min_bytes = gzip_min_bytes
+        self.body_timeout_s = state.settings.body_timeout_s
         self.metrics = state.metrics
         self.requests = RequestLog(state.metrics, access_log)
 
+    def match(self, path: str) -> re.Match[str] | None:
+        """The inference route ``path`` (decoded) addresses, if any (named groups ``name``, ``version``)."""
+        for pattern in self.paths:
+            found = pattern.match(path)
+            if found is not None:
+                return found
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            for pattern in self.paths:
-                match = pattern.match(path)
-                if match is not None:
-                    await self._infer(scope, receive, send, match)
-                    return
+            match = self.match(scope["path"])
+            if match is not None:
+                async def reply(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+
+                await self.handle(scope["headers"], scope.get("raw_path") or scope["path"].encode("utf-8"),
+                                  scope["query_string"], match, receiving(receive, scope, self.body_timeout_s), reply)
+                return
         await self.app(scope, receive, send)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
+    async def handle(
+        self,
+        request_headers: list[tuple[bytes, bytes]],
+        raw_path: bytes,
+        query: bytes,
+        match: re.Match[str],
+        read: BodyReader,
+        reply: Reply,
+    ) -> None:
+        """Answer one inference request, whichever way it came (an ASGI request, or one the
+        connection's protocol holds whole: ``app.http.direct``): ``read`` reads its body, ``reply``
+        sends the answer; metrics and the access line once it is sent."""
         start = time.perf_counter()
         rid_header: bytes | None = None
         accept: bytes | None = None
         wanted: dict[str, str] = {}
-        for key, value in scope["headers"]:
+        for key, value in request_headers:
             name = _WANTED.get(key)
             if name is not None:
                 wanted[name] = value.decode("latin-1")
@@ -96,8 +128,13 @@ class InferenceEntry:
         metrics = self.metrics
         metrics.inflight.inc()
         try:
-            try:
-                body, headers = await self._answer(scope, receive, match, wanted, info)
+            try:  # the guard's checks, then the inference itself
+                if self.auth is not None:  # every inference path is under /v2/models/: protected
+                    self.auth.check(request_headers)
+                if paths.from_raw_path(raw_path) and query:
+                    paths.check_query(query)
+                params = match.groupdict()
+                body, headers = await infer(self.state, params["name"], params.get("version"), read, wanted, info)
                 status = 200
             except (ServingError, ContractError) as exc:
                 err = render(exc)
@@ -112,22 +149,10 @@ class InferenceEntry:
                 body = await compression.gzip_body(body)
                 headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
             headers += [(b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode())]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await reply(status, headers, body)
         finally:
             metrics.inflight.dec()
             self.requests.done(rid, info, status or 500, time.perf_counter() - start)
-
-    async def _answer(
-        self, scope: Scope, receive: Receive, match: re.Match[str], wanted: dict[str, str], info: dict[str, Any]
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """The guard's checks, then the inference itself (raises ServingError)."""
-        if self.auth is not None:  # every inference path is under /v2/models/: protected
-            self.auth.check(scope["headers"])
-        if paths.from_raw_path(scope.get("raw_path") or scope["path"].encode("utf-8")) and scope["query_string"]:
-            paths.check_query(scope["query_string"])
-        params = match.groupdict()
-        return await infer(self.state, params["name"], params.get("version"), receive, wanted, info, scope)
 
 
 def entry(app: ASGIApp, state: ServerState, auth: BearerAuth | None) -> InferenceEntry:

@@ -16,8 +16,9 @@ only after it is read (answering before reading resets the client's connection).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.types import Receive, Scope
@@ -37,6 +38,25 @@ _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
 
 
+BodyReader = Callable[[str | None, int], Awaitable[bytes]]
+"""Reads a request's whole body, given its declared ``Content-Length`` (or None) and the limit
+in bytes; raises PayloadTooLarge (413), BodyTimeout (408) or InvalidInput. A front end passes its
+own: :func:`receiving` over ASGI ``receive``, or a body its protocol already holds whole
+(``app.http.direct``); :func:`infer` decides when to read."""
+
+
+def refuse_declared(declared: str | None, limit: int) -> None:
+    """413 for a body whose declared length exceeds ``limit``, before any of it is read."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+
+def refuse_size(size: int, limit: int) -> None:
+    """413 for a body found to exceed ``limit`` (no or a false declared length)."""
+    if size > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
 async def read_body(
     receive: Receive, declared: str | None, limit: int, scope: Scope | None = None, timeout_s: float = 0.0
 ) -> bytes:
@@ -44,8 +64,7 @@ async def read_body(
 
     ``scope``: the request's, when no ``guard.deadline_receive`` wraps ``receive`` (the flat
     entry): a body that ``connections`` flagged as late raises BodyTimeout (408) here."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    refuse_declared(declared, limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -56,27 +75,30 @@ async def read_body(
             raise InvalidInput("client disconnected before the body was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        refuse_size(size, limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def receiving(receive: Receive, scope: Scope | None = None, timeout_s: float = 0.0) -> BodyReader:
+    """The :data:`BodyReader` of an ASGI request (see :func:`read_body`)."""
+    return functools.partial(read_body, receive, scope=scope, timeout_s=timeout_s)
 
 
 async def infer(
     state: ServerState,
     name: str,
     version: str | None,
-    receive: Receive,
+    read: BodyReader,
     headers: dict[str, str],
     info: MutableMapping[str, Any],
-    scope: Scope | None = None,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Run one inference request; returns (body, response headers). Raises ServingError.
 
+    ``read`` reads the body (after the model is known and held, before admission);
     ``headers`` holds the request's :data:`REQUEST_HEADERS` that were sent;
-    ``info`` (the ASGI scope's state) receives what the access log and metrics report;
-    ``scope``: given when ``receive`` is not wrapped by the guard's body deadline.
+    ``info`` (the ASGI scope's state) receives what the access log and metrics report.
     """
     if state.draining:
         raise ShuttingDown("server is shutting down; retry on another replica")
@@ -89,7 +111,7 @@ async def infer(
     engine.hold(model)
     try:
         limit = state.settings.max_request_bytes
-        body = await read_body(receive, headers.get("content-length"), limit, scope, state.settings.body_timeout_s)
+        body = await read(headers.get("content-length"), limit)
         engine.admit(model)
         body = compression.decode_body(body, headers.get("content-encoding"), limit)
         limits = state.limits

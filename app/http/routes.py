@@ -119,7 +119,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     """
     headers = {k: v for k, v in request.headers.items() if k in inference.REQUEST_HEADERS}
     body, out = await inference.infer(
-        _state(request), name, version, request.receive, headers, request.scope.setdefault("state", {})
+        _state(request), name, version, inference.receiving(request.receive), headers, request.scope.setdefault("state", {})
     )
     response = Response(body)
     response.raw_headers = [*out, (b"content-length", str(len(body)).encode())]
