@@ -13,7 +13,8 @@ the next write, the body's, which the app sends right after it (Starlette's resp
 inference entry do); everything else goes straight through. A head with no body write after
 it in the same loop turn (HEAD, 204, a streaming response still producing its first chunk) is
 sent at the end of that turn (one ``call_soon``). ``close`` sends what is held first; ``abort``
-drops it, as the transport's own abort drops its buffer. Holding is never needed for
+drops it, as the transport's own abort drops its buffer; a write to a closing transport is
+dropped, as asyncio's own transports drop it. Holding is never needed for
 correctness, only for fewer sends, so telling a head by its bytes is safe: a body that looked
 like one would only leave a turn later.
 """
@@ -46,6 +47,13 @@ class CoalescingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
+            return
+        if self._transport.is_closing():
+            # The connection is closing or gone (a client that left with requests pipelined:
+            # uvicorn checks only its current request for a disconnect). asyncio's transports
+            # drop such writes; uvloop's raise once the socket is closed, which logged every
+            # answer written after as "Exception in ASGI application".
+            self._held = None
             return
         head = self._held
         if head is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,20 @@ def test_pipelined_inference_requests_are_answered_in_order(server: Server) -> N
         assert sock.recv(1) == b""  # closed after the last, which asked for it
     assert [g.status for g in got] == [200, 200, 200]
     assert [outputs(g.body) for g in got] == singles
+
+
+def test_a_client_that_leaves_with_requests_pipelined_leaves_no_error(server: Server) -> None:
+    # The first request of each connection is answered directly, the others wait in uvicorn's
+    # pipeline; the client closes (or resets) the connection without reading. An answer written
+    # once the server had closed its side raised in uvloop's transport and logged a traceback.
+    log = Path(server.log_path)
+    before = log.read_text(errors="replace").count("Exception in ASGI application")
+    raw = plain(body_for(5)) * 3
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(raw)
+            if i % 2:  # a reset; else an orderly close, the answers unread
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(1.0)
+    assert answer(server, plain(body_for(5))).status == 200
+    assert log.read_text(errors="replace").count("Exception in ASGI application") == before
