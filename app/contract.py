@@ -218,6 +218,11 @@ class ModelSpec:
         return d
 
 
+def full_lengths(batch: int, time: int) -> np.ndarray:
+    """``sequence_lens`` when none is given: every row valid to its last step."""
+    return np.full(batch, time, LENGTHS_DTYPE)
+
+
 def feeds(
     spec: ModelSpec,
     x: np.ndarray,
@@ -231,7 +236,7 @@ def feeds(
     batch, time = x.shape[0], x.shape[1]
     out = {
         INPUT: np.asarray(x, dtype=INPUT_DTYPE),
-        SEQUENCE_LENS: np.full(batch, time, LENGTHS_DTYPE) if lengths is None else np.asarray(lengths, LENGTHS_DTYPE),
+        SEQUENCE_LENS: full_lengths(batch, time) if lengths is None else np.asarray(lengths, LENGTHS_DTYPE),
     }
     if spec.stateful:
         out[INITIAL_H] = spec.zero_state(batch) if initial_h is None else np.asarray(initial_h, STATE_DTYPE)

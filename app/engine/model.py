@@ -17,7 +17,7 @@ from app.engine import padding
 from app.engine.batcher import Batcher
 from app.engine.catalog import ModelInfo
 from app.config import Settings
-from app.contract import ModelSpec
+from app.contract import ModelSpec, full_lengths
 from app.metrics import Metrics
 from app.engine.model_settings import Batching
 from app.engine.runtime import Runtime
@@ -103,6 +103,6 @@ class ServedModel:
         rng = np.random.default_rng(0)
         for n in sorted({1, self.batching.max_batch_size}):
             x = rng.standard_normal((n, 8, self.spec.input_size)).astype(np.float32)
-            merged = padding.merge([Sequences(x, np.full(n, 8, dtype=np.int32))], self.spec)
+            merged = padding.merge([Sequences(x, full_lengths(n, 8))], self.spec)
             self.runtime.run(merged.feeds, list(self.spec.output_names))  # not counted in metrics
         self.ready = True

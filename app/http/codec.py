@@ -283,8 +283,7 @@ def common_request(body: bytes, doc: dict[str, Any], spec: ModelSpec, limits: Li
         return None
     if x.ndim != 1 or not np.abs(x).max() < _EXACT:
         return None
-    lengths = np.full(n, t, dtype=contract.LENGTHS_DTYPE)
-    return InferRequest(req_id, Sequences(x.reshape(n, t, f), lengths), names, frozenset(), None)
+    return InferRequest(req_id, Sequences(x.reshape(n, t, f), contract.full_lengths(n, t)), names, frozenset(), None)
 
 
 def check_declared_limits(inputs: Any, limits: Limits) -> None:

@@ -146,7 +146,7 @@ def to_sequences(tensors: dict[str, np.ndarray], spec: ModelSpec, limits: Limits
 
     lengths = tensors.get(contract.SEQUENCE_LENS)
     if lengths is None:
-        lengths = np.full(n, t, dtype=contract.LENGTHS_DTYPE)
+        lengths = contract.full_lengths(n, t)
     else:
         if lengths.shape != (n,):
             raise InvalidInput(

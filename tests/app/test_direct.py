@@ -30,7 +30,7 @@ from app.http.direct import MAX_BODY, DirectHttpProtocol
 from app.http.entry import entry
 from app.server import create_app
 from tests.conftest import Server
-from tests.rawhttp import read_response, request_bytes
+from tests.rawhttp import exchange, read_response, request_bytes
 
 PATH = b"/v2/models/uni/infer"
 JSON = {"Content-Type": "application/json"}
@@ -179,13 +179,12 @@ def test_an_answered_request_keeps_nothing_of_those_before_it(model_repo: Path) 
 
 def answer(server: Server, raw: bytes, pause_after: int | None = None) -> Any:
     """Send ``raw`` on a new connection (with a pause after ``pause_after`` bytes); read one answer."""
+    if pause_after is None:
+        return exchange(f"127.0.0.1:{server.port}", raw, check_close=True)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        if pause_after is None:
-            sock.sendall(raw)
-        else:
-            sock.sendall(raw[:pause_after])
-            time.sleep(0.2)
-            sock.sendall(raw[pause_after:])
+        sock.sendall(raw[:pause_after])
+        time.sleep(0.2)
+        sock.sendall(raw[pause_after:])
         return read_response(sock, check_close=True)
 
 
