@@ -6,8 +6,8 @@ connects and sends nothing, or half a request line, holds its socket for ever; i
 fewer connection in than it says. :class:`GuardedHttpProtocol` (a small subclass of uvicorn's
 httptools protocol) adds, per connection:
 
-- an idle deadline from the moment it opens (uvicorn's keep-alive timer, ``keep_alive_timeout_s``,
-  which uvicorn itself only arms after a response);
+- an idle deadline from the moment it opens (``keep_alive_timeout_s``, which uvicorn itself
+  only arms after a response), kept as an idle clock rather than a timer per answer;
 - one deadline per request, ``body_timeout_s`` from its first byte to its last (a single timer,
   nothing per body chunk): headers still incomplete get 408 ``{"error"}`` here and the
   connection is closed; a late body is flagged in the ASGI scope, and ``guard`` makes the
@@ -105,27 +105,84 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         if COUNT.opened(len(self.connections)) > self.max_connections:
             self.app = _over_capacity(self.max_connections)
-        # Idle until the first byte, as between keep-alive requests: same timer, same handler
-        # (data_received cancels it).
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        # Idle until the first byte, as between keep-alive requests: the same idle clock.
+        self._idle_since = self.loop.time()
+        self._idle_timer = self.loop.call_at(self._idle_since + self.timeout_keep_alive, self._idle_check)
 
-    # One timer per request, from its first byte to its last (no cost per body chunk).
+    # Timers that are not armed per request. uvicorn arms a keep-alive timer after every answer
+    # and cancels it at the next request's first bytes, and this class armed the request's
+    # deadline at its first byte and cancelled it at its last, nearly always in the same read:
+    # two ``call_later`` and two ``cancel`` a request, ~1.5 us of the event loop each pair
+    # (uvloop), for timers that almost never fire. Instead:
+    # - the keep-alive deadline is an idle clock: ``_idle_since`` is set when the connection goes
+    #   idle and cleared when a request arrives (where uvicorn cancelled its timer), and one timer
+    #   per connection, armed once, checks it when it fires and re-arms for the idle period's
+    #   own end: the connection closes ``keep_alive_timeout_s`` after it went idle, as before;
+    # - a request's deadline (``body_timeout_s`` from its first byte) is armed only if the request
+    #   is still incomplete when the bytes read so far have been parsed, for the same moment.
+    _idle_since: float | None = None  # loop time the connection went idle; None while a request is on it
+    _idle_timer: asyncio.TimerHandle | None = None
+    _began = 0.0  # loop time the request being read began
+    _reading = False  # a request has begun and its last byte has not been parsed
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this where a request's bytes arrive and where an answer completes.
+        self._idle_since = None
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        now, since = self.loop.time(), self._idle_since
+        if since is not None and now - since >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+            return
+        self._idle_timer = self.loop.call_at((now if since is None else since) + self.timeout_keep_alive, self._idle_check)
+
+    def on_response_complete(self) -> None:
+        # uvicorn 0.55's, with its keep-alive timer replaced by the idle clock.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading and self._timer is None and not self.transport.is_closing():
+            self._timer = self.loop.call_at(self._began + self.request_timeout_s, self._timed_out)
+
+    # One deadline per request, from its first byte to its last (no cost per body chunk).
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._cancel_timer()
         self._in_body = False
-        self._timer = self.loop.call_later(self.request_timeout_s, self._timed_out)
+        self._began = self.loop.time()
+        self._reading = True
 
     def on_headers_complete(self) -> None:
         self._in_body = True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._cancel_timer()
+        self._request_read()
         super().on_message_complete()
+
+    def _request_read(self) -> None:
+        """The request's last byte is parsed: its deadline is over."""
+        self._reading = False
+        self._cancel_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         super().connection_lost(exc)
         COUNT.closed(len(self.connections))
 

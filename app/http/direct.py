@@ -104,7 +104,7 @@ class DirectHttpProtocol(GuardedHttpProtocol):
         if direct is None or direct.complete:
             super().on_message_complete()
             return
-        self._cancel_timer()
+        self._request_read()
         direct.complete = True
         direct.previous = None  # only a request still being read may go back to it (``_to_asgi``)
         chunks = direct.chunks

@@ -65,6 +65,26 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(guarded:
     assert took is not None and took <= IDLE_S + 1.5, took
 
 
+def test_a_connection_in_use_stays_open_and_closes_once_idle_for_the_timeout(guarded: Server) -> None:
+    """The idle clock (``connections``): requests 0.6 idle periods apart keep a connection open
+    past three idle periods, a body still arriving after more than one is no idleness, and the
+    connection closes one idle period after its last answer."""
+    with connect(guarded) as sock:
+        for _ in range(5):
+            sock.sendall(request_bytes("GET", b"/v2/health/live"))
+            assert read_response(sock).status == 200
+            time.sleep(IDLE_S * 0.6)
+        doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5, 4], "data": [0.5] * 20}]}
+        body = json.dumps(doc).encode()
+        sock.sendall(request_bytes("POST", b"/v2/models/demo/infer", {"Content-Type": "application/json",
+                                                                      "Content-Length": str(len(body))}) + body[:10])
+        time.sleep(IDLE_S * 1.5)
+        sock.sendall(body[10:])
+        assert read_response(sock).status == 200
+        took = closed_within(sock, IDLE_S + 3)
+    assert took is not None and IDLE_S - 0.2 <= took <= IDLE_S + 0.5, took
+
+
 def test_half_sent_headers_get_408_in_json_and_the_connection_closes(guarded: Server) -> None:
     with connect(guarded) as sock:
         sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
