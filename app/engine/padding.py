@@ -42,6 +42,12 @@ def merge(requests: Sequence[Sequences], spec: ModelSpec) -> Padded:
     if len(requests) == 1:
         x = requests[0].x
         lengths = requests[0].lengths
+    elif all(r.t == time for r in requests):
+        # Nothing to pad (every request as long as the batch; fixed-length clients): one copy.
+        # Row by row into zeros cost ~2.5 us a request on the runtime's thread, holding the GIL
+        # the event loop waits for (16 requests: 40 us against 5).
+        x = np.concatenate([r.x for r in requests], dtype=contract.INPUT_DTYPE)
+        lengths = np.concatenate([r.lengths for r in requests], dtype=contract.LENGTHS_DTYPE)
     else:
         x = np.zeros((total, time, spec.input_size), dtype=contract.INPUT_DTYPE)
         lengths = np.empty(total, dtype=contract.LENGTHS_DTYPE)

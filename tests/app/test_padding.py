@@ -19,17 +19,26 @@ def _runtime(repo: Path, name: str) -> Runtime:
     return Runtime(repo / name / "1" / "model.onnx", Settings(providers="cpu"))
 
 
+# (sequences, time steps) of each request: padded row by row, and all of one time length
+# (joined in one copy; their rows' own lengths still differ).
+PLANS = {"mixed": [(2, 5), (1, 17), (3, 1), (1, 9)], "one length": [(2, 9), (1, 9), (3, 9), (1, 9)]}
+
+
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("name", ["uni", "bi"])
-def test_merged_batch_equals_each_sequence_alone(model_repo: Path, reference: Reference, name: str) -> None:
+def test_merged_batch_equals_each_sequence_alone(model_repo: Path, reference: Reference, name: str, plan: str) -> None:
     rt = _runtime(model_repo, name)
     spec = rt.spec
     rng = np.random.default_rng(11)
     requests = []
-    for n, t in [(2, 5), (1, 17), (3, 1), (1, 9)]:
+    for n, t in PLANS[plan]:
         lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
         requests.append(Sequences(rng.standard_normal((n, t, spec.input_size)).astype(np.float32), lengths))
     merged = padding.merge(requests, spec)
-    assert merged.feeds["input"].shape == (7, 17, spec.input_size)
+    longest = max(t for _, t in PLANS[plan])
+    assert merged.feeds["input"].shape == (7, longest, spec.input_size)
+    assert merged.feeds["input"].dtype == np.float32 and merged.feeds["sequence_lens"].dtype == np.int32
+    np.testing.assert_array_equal(merged.feeds["sequence_lens"], np.concatenate([r.lengths for r in requests]))
     assert merged.valid_steps == sum(int(r.lengths.sum()) for r in requests)
     assert 0 < merged.padding_ratio < 1
     outputs = rt.run(merged.feeds, list(spec.output_names))
