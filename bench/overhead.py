@@ -148,14 +148,14 @@ def measure(target, bodies: Path, clients: int, seconds: float, scratch: Path, m
     return res
 
 
-def raw_curve(model: Path, settings: dict, seconds: float) -> dict:
+def raw_curve(model: Path, settings: dict, seconds: float, batches: tuple[int, ...] = BATCHES) -> dict:
     """Raw ORT with a layout's session settings (threads, spinning, arena, callers = batches in
     flight; per engine process): CPU-us per row and p50 per batch."""
     s = effective_settings(settings)
     cfg = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
            "arena": int(bool(s["cpu_mem_arena"]))}
     k = int(s["max_batches_in_flight"])
-    cases = ",".join(f"{b}x{k}" for b in BATCHES) + ",1x1"
+    cases = ",".join(f"{b}x{k}" for b in batches) + (",1x1" if 1 in batches else "")
     cmd = [sys.executable, "-m", "bench.rawort", str(model), "--config", json.dumps(cfg), "--cases", cases,
            "--seconds", str(seconds)]
     res = json.loads(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.splitlines()[-1])
@@ -344,6 +344,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per 32-connection phase")
     ap.add_argument("--raw-seconds", type=float, default=0.5, help="seconds per raw ORT batch size")
+    ap.add_argument("--raw-cycle-seconds", type=float, default=1.0,
+                    help="--interleave: seconds per raw ORT batch size measured again in every cycle")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--encodings", default="json,binary")
     ap.add_argument("--access-log", type=lambda s: s.lower() in ("1", "true", "on"), default=True,

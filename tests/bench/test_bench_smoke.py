@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.overhead import at_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -129,21 +131,26 @@ def test_overhead_interleaved_keeps_every_target_up_and_reports_medians(tmp_path
         pytest.skip("wrk is not installed (apt-get install -y wrk): the closed loop needs it")
     pytest.importorskip("torch")  # the bench exports its model
     cmd = [sys.executable, "-m", "bench.overhead", "--interleave", "--model", "tiny", "--seconds", "1", "--rounds", "2",
-           "--raw-seconds", "0.1", "--only", "one process", "--out", str(tmp_path), "--name", "ilv"]
+           "--raw-seconds", "0.1", "--raw-cycle-seconds", "0.2", "--only", "one process", "--out", str(tmp_path), "--name", "ilv"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((tmp_path / "ilv.json").read_text())
     assert [c["cycle"] for c in res["cycles"]] == [1, 2]
     for cycle in res["cycles"]:
         t = cycle["targets"]
-        assert set(t) == {"floor", "bare floor", "batching floor", "one process"}
+        assert set(t) == {"floor", "bare floor", "batching floor", "one process", "one process, binary"}
         assert all(m["errors"] == 0 and m["req_s"] > 0 for m in t.values())
         # the server and the batching floor batch; every ratio is taken against this cycle's floor
         assert t["one process"]["mean_batch"] >= 1 and t["batching floor"]["mean_batch"] >= 1
-        one = t["one process"]
-        assert one["overhead_x_floor"] == pytest.approx(one["overhead_us"] / t["floor"]["cpu_us_per_req"])
+        for one in (t["one process"], t["one process, binary"]):
+            assert one["overhead_x_floor"] == pytest.approx(one["overhead_us"] / t["floor"]["cpu_us_per_req"])
+        # ... and against raw ONNX Runtime measured in this cycle
+        raw = next(iter(cycle["raw"].values()))
+        assert sorted(c["batch"] for c in raw["cases"]) == [4, 8, 16, 32]
+        assert t["one process"]["raw_cpu_us_per_row"] == pytest.approx(at_batch(raw, t["one process"]["mean_batch"]) * 1000)
     text = (tmp_path / "ilv.md").read_text()
     assert "| batching floor |" in text and "The ASGI server layer (floor - bare floor)" in text
+    assert "| one process, binary |" in text and "Measured again in every cycle" in text
 
 
 def test_knockout_measures_the_entry_with_each_piece_replaced() -> None:

@@ -60,6 +60,37 @@ def test_raw_cpu_is_interpolated_on_log2_batch() -> None:
     assert at_batch(curve, 64) == 0.4  # beyond the curve: its last value
 
 
+def test_each_interleaved_cycle_takes_its_overhead_against_its_own_raw_measurement() -> None:
+    """The reference moves with the machine: a cycle whose raw ONNX Runtime ran slower gives the
+    same server figures a smaller overhead, and the report shows the raw figures it used."""
+    from bench.overhead_interleaved import BARE, FLOOR, LEAN, RAW_BATCHES, _settings_key, derive, report
+
+    layouts = {"one process": {"workers": 1}}
+
+    def curve(us_at_16: float) -> dict:
+        return {"callers": 1, "cases": [{"batch": b, "callers": 1, "cpu_ms_per_seq": us_at_16 * 16 / b / 1000}
+                                        for b in RAW_BATCHES]}
+
+    def server(cpu: float) -> dict:
+        return {"req_s": 5000.0, "p99_ms": 9.0, "cpu_us_per_req": cpu, "loop_cpu_us_per_req": 70.0,
+                "mean_batch": 16.0, "connections_per_process": []}
+
+    cycles = []
+    for raw_us in (200.0, 250.0):
+        row = {FLOOR: server(40.0), BARE: server(25.0), LEAN: server(260.0), "one process": server(280.0)}
+        curves = {_settings_key({"workers": 1}): curve(raw_us)}
+        assert derive(row, layouts, curves) == 40.0
+        cycles.append({"cycle": len(cycles) + 1, "targets": row, "raw": curves})
+    assert [c["targets"]["one process"]["overhead_x_floor"] for c in cycles] == [2.0, 0.75]
+    assert cycles[1]["targets"][LEAN]["cpu_efficiency"] == 250.0 / 260.0
+    text = report({"command": "python -m bench.overhead --interleave", "cores": 2, "started": "now", "seconds": 4,
+                   "model": "bench", "access_log": True, "cycles": cycles,
+                   "raw": {_settings_key({"workers": 1}): curve(210.0)}})
+    assert "| one process | 5000 (5000-5000) | 1.00 (1.00-1.00) |" in text
+    assert "| 225 (200-250) | 1.38 (0.75-2.00) |" in text  # the raw figure beside the overhead it gave
+    assert "Measured again in every cycle" in text and "16: 225 (200-250)" in text
+
+
 def test_profile_charges_each_sample_to_the_thread_that_took_it() -> None:
     """The event-loop share counts the main thread only: gRPC's poller (its one Python frame is
     Thread.run while it waits in C) was once read as 15 % of the loop."""
