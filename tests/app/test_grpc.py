@@ -292,6 +292,10 @@ def test_per_worker_engines_serve_grpc_and_refuse_server_kept_state_as_rest(mode
     srv = start_server(model_repo, tmp_path, workers=2, engine="per_worker")
     try:
         x = np.random.default_rng(4).standard_normal((2, 5, 3)).astype(np.float32)
+        # Ready means one worker serves; on a busy machine the other may bind its gRPC port later.
+        deadline = time.monotonic() + 30
+        while sum(d.get("msg") == "grpc listening" for d in srv.log_lines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         # New connections spread over both workers (SO_REUSEPORT on the one port). A local
         # subchannel pool per client: grpc's global pool may otherwise reuse one connection.
         for _ in range(16):
