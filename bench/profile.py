@@ -25,6 +25,7 @@ CENTRES: list[tuple[str, re.Pattern[str]]] = [
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
     ("access log (logging + JSON)", re.compile(r"logging/|app/logs\.py")),
     ("batcher (app.engine.batcher)", re.compile(r"app/engine/batcher\.py")),
+    ("HTTP protocol and socket writes (app.http.direct, connections, coalescing)", re.compile(r"app/http/(direct|connections|coalescing)\.py")),
     ("route + middleware (app.http.entry, inference, routes, middleware, guard)", re.compile(r"app/(http/(entry|inference|routes|middleware|guard|compression|state|errors|paths|auth)|v2/errors|engine/repository)\.py")),
     ("FastAPI / Starlette", re.compile(r"fastapi/|starlette/|anyio/|pydantic")),
     ("uvicorn HTTP (httptools)", re.compile(r"uvicorn/")),

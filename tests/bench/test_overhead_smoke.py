@@ -144,3 +144,19 @@ def test_the_batching_floor_answers_what_the_model_computes() -> None:
     for x, y in zip(xs, got):
         feeds = padding.merge([Sequences(x, np.full(1, 7, np.int32))], runtime.spec).feeds
         np.testing.assert_allclose(y, runtime.run(feeds, ["output"])["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_profile_charges_the_servers_own_protocol_and_its_writes_to_the_http_protocol() -> None:
+    """The direct path's frames (and the send under its write) are the HTTP protocol's, not the
+    event loop's: they once showed as a third of the loop under "event loop"."""
+    from bench.profile import categorise
+
+    raw = "\n".join([
+        "thread (1): MainThread;Runner.run (asyncio/runners.py:118);DirectHttpProtocol._serve (app/http/direct.py:170);"
+        "reply (app/http/direct.py:160);CoalescingTransport.write (app/http/coalescing.py:60) 3",
+        "thread (1): MainThread;Runner.run (asyncio/runners.py:118);DirectHttpProtocol._serve (app/http/direct.py:170);"
+        "InferenceEntry.handle (app/http/entry.py:120) 1",
+    ])
+    shares = categorise(raw)["by_thread_pct"]["event loop thread"]
+    assert shares == {"HTTP protocol and socket writes (app.http.direct, connections, coalescing)": 75.0,
+                      "route + middleware (app.http.entry, inference, routes, middleware, guard)": 25.0}
