@@ -1,0 +1,172 @@
+"""``python -m bench.instructions``: instructions the server executes per request, counted, not timed.
+
+Why: on a shared 2-core machine a timed A/B (``bench.ab``) moves by +-4 % between runs of 12
+pairs, so a change worth 1-3 % of the event loop cannot be told from noise; several such changes
+are how the hot path gets cheaper. ``valgrind --tool=callgrind`` counts the instructions each
+thread executes, whatever else the machine does: the same tree counts the same within a few
+tenths of a per cent.
+
+For each tree (this one, and ``--b-root`` when given), one run: a real ``python -m app`` under
+callgrind with instrumentation off while it starts and warms (``--instr-atstart=no``), the tiny
+model (ONNX Runtime's own work is not what this measures), then ``--requests`` requests from
+``--clients`` keep-alive connections, closed loop, real HTTP over 127.0.0.1, with
+instrumentation on. Prints, per tree, instructions per request of the event-loop (main) thread,
+of the batch thread(s) and of the whole process, the mean batch the requests ran in (under
+valgrind batches form differently than at full speed, so compare trees at similar batches),
+and the main thread's top functions. Takes 2-3 minutes a tree. Needs valgrind.
+
+    python -m bench.instructions                       # this tree
+    python -m bench.instructions --b-root /tmp/before  # this tree, then another
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from app.testing import ROOT, free_port
+
+from . import load, proc
+from .__main__ import model_path
+from .server import Metrics
+
+_INFER = "/v2/models/bench/infer"
+
+
+async def drive(port: int, body: bytes, requests: int, clients: int) -> None:
+    """``requests`` JSON inference requests over ``clients`` keep-alive connections, each
+    sending its next request once its last is answered; every answer must be a 200."""
+    head = (f"POST {_INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    left = requests
+
+    async def connection() -> None:
+        nonlocal left
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left > 0:
+                left -= 1
+                writer.write(head + body)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                if not answer.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"the server answered {answer[:200]!r}")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(clients)))
+
+
+def _totals(path: Path) -> int:
+    """A callgrind output file's instruction count (its ``totals:``, else its ``summary:``)."""
+    text = path.read_text(errors="replace")
+    m = re.search(r"^totals: *(\d+)", text, re.M) or re.search(r"^summary: *(\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def _top(path: Path, n: int) -> list[str]:
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True, text=True).stdout
+    rows = [line for line in out.splitlines() if re.match(r"^\s*[\d,]+ \(", line) and "PROGRAM TOTALS" not in line]
+    return rows[:n]
+
+
+def count(root: Path, repo: Path, body: bytes, args: argparse.Namespace, scratch: Path) -> dict:
+    """One tree's counts (see the module's docstring)."""
+    port = free_port()
+    out = scratch / f"cg-{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
+    env.update({"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_HOST": "127.0.0.1",
+                "LSTM_SERVE_PORT": str(port), "LSTM_SERVE_GRPC_PORT": "none", "LSTM_SERVE_ACCESS_LOG": "true"})
+    log = (scratch / f"server-{port}.log").open("wb")
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                          f"--callgrind-out-file={out}", sys.executable, "-m", "app"],
+                         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    proc.track(p.pid)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server under valgrind did not start: {(scratch / f'server-{port}.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        asyncio.run(drive(port, body, args.warm, args.clients))
+        before = Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)
+        subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
+        asyncio.run(drive(port, body, args.requests, args.clients))
+        subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
+        after = Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)
+    finally:
+        p.terminate()
+        try:
+            p.wait(120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        proc.untrack(p.pid)
+    batches = (after.total("lstm_serve_batch_size_count", model="bench")
+               - before.total("lstm_serve_batch_size_count", model="bench"))
+    files = sorted(scratch.glob(f"cg-{port}.*-*"))  # one dump, a file per thread: <out>.1-01, -02, ...
+    threads = {}
+    for f in files:
+        m = re.search(r"^thread: *(\d+)", f.read_text(errors="replace")[:2000], re.M)
+        threads[int(m.group(1)) if m else 0] = _totals(f)
+    main = next((f for f in files if f.name.endswith("-01")), None)
+    n = args.requests
+    loop = threads.get(1, 0)
+    return {"root": str(root), "loop": loop / n, "all": sum(threads.values()) / n,
+            "others": (sum(threads.values()) - loop) / n, "batch": n / batches if batches else float("nan"),
+            "top": _top(main, args.top) if main else []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--b-root", type=Path, help="also count this checkout (a `git archive` of another commit)")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warm", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--top", type=int, default=15, help="the main thread's top functions to list (0: none)")
+    args = ap.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    repo = model_path("tiny").parents[2]
+    body = (load.write_bodies(scratch, "fixed", "json", features=8) / "body1.bin").read_bytes()
+    roots = [ROOT] + ([args.b_root.resolve()] if args.b_root else [])
+    results = [count(root, repo, body, args, scratch) for root in roots]
+    print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
+          f"{args.requests} requests from {args.clients} connections)")
+    print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
+    for r in results:
+        print(f"{r['root'][-40:]:40s} {r['loop']:12,.0f} {r['others']:14,.0f} {r['all']:12,.0f} {r['batch']:11.1f}")
+    if len(results) == 2:
+        a, b = results
+        print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")
+    for r in results:
+        if r["top"]:
+            print(f"\n{r['root']}: event-loop thread, top functions (self)")
+            print("\n".join(r["top"]))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
