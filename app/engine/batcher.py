@@ -42,9 +42,10 @@ R = TypeVar("R")
 log = logging.getLogger("lstm_serve.batcher")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Completed(Generic[R]):
-    """A request's result and what it cost, for Server-Timing and logs."""
+    """A request's result and what it cost, for Server-Timing and logs (one per request: not
+    frozen, which costs ``object.__setattr__`` per field, 0.83 us against 0.24)."""
 
     result: R
     batch_size: int
@@ -191,9 +192,11 @@ class Batcher(Generic[T, R]):
         size = sum(e.size for e in batch)
         work = self._executor.submit(self._run_batch, [e.item for e in batch])
         work.add_done_callback(lambda w: self._from_thread(batch, size, w, dispatched))
-        self._metrics.batch_size.observe(size)
+        metrics = self._metrics
+        metrics.batch_size.observe(size)
+        tally, queued = metrics.tally, metrics.queue_duration
         for e in batch:
-            self._metrics.queue_duration.observe(dispatched - e.arrival)
+            tally.observe(queued, dispatched - e.arrival)
 
     def _from_thread(self, batch: list[_Entry[T]], size: int, work: Future, dispatched: float) -> None:
         try:
@@ -251,7 +254,7 @@ class Batcher(Generic[T, R]):
 
     def _set_queued(self, n: int) -> None:
         # inc/dec, not set: several loaded versions of one model share the {model} gauge.
-        self._metrics.queue_depth.inc(n - self._queued)
+        self._metrics.tally.add(self._metrics.queue_depth, n - self._queued)
         self._queued = n
 
     # -- shutdown ----------------------------------------------------------------------------

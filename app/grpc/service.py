@@ -191,7 +191,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = Call(request_id(context.invocation_metadata()), "ModelInfer")
         observer = self.serving.observer
-        observer.metrics.inflight.inc()
+        observer.metrics.inflight_add(1)
         code = 200
         try:
             return await self.infer(request, call, context.time_remaining())
@@ -203,7 +203,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             code, call.info["error"] = 504 if (context.time_remaining() or 1) <= 0 else errors.CLIENT_GONE, "client gone"
             raise
         finally:
-            observer.metrics.inflight.dec()
+            observer.metrics.inflight_add(-1)
             observer.done(call, code)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -126,7 +126,7 @@ class InferenceEntry:
         info: dict[str, Any] = {}
         status = 0
         metrics = self.metrics
-        metrics.inflight.inc()
+        metrics.inflight_add(1)
         try:
             try:  # the guard's checks, then the inference itself
                 if self.auth is not None:  # every inference path is under /v2/models/: protected
@@ -151,7 +151,7 @@ class InferenceEntry:
             headers += [(b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode())]
             await reply(status, headers, body)
         finally:
-            metrics.inflight.dec()
+            metrics.inflight_add(-1)
             self.requests.done(rid, info, status or 500, time.perf_counter() - start)
 
 

@@ -58,9 +58,9 @@ class RequestObserver:
         if not infer:
             await call()
             return
-        self.metrics.inflight.inc()
+        self.metrics.inflight_add(1)
         try:
             await call()
         finally:
-            self.metrics.inflight.dec()
+            self.metrics.inflight_add(-1)
             self.requests.done(rid, state, status or 500, time.perf_counter() - start)

