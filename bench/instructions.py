@@ -13,10 +13,14 @@ model (ONNX Runtime's own work is not what this measures), then ``--requests`` r
 instrumentation on. Prints, per tree, instructions per request of the event-loop (main) thread,
 of the batch thread(s) and of the whole process, the mean batch the requests ran in (under
 valgrind batches form differently than at full speed, so compare trees at similar batches),
-and the main thread's top functions. Takes 2-3 minutes a tree. Needs valgrind.
+and the main thread's top functions. ``--floor`` counts the HTTP floor (``bench.floor``: the
+same uvicorn stack, the same body decoded, a constant answer) the same way: the event loop's
+instructions per request against the least this stack spends. About 1.2 minutes a tree. Needs
+valgrind.
 
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
+    python -m bench.instructions --floor               # this tree and the floor
 """
 
 from __future__ import annotations
@@ -81,17 +85,18 @@ def _top(path: Path, n: int) -> list[str]:
     return rows[:n]
 
 
-def count(root: Path, repo: Path, body: bytes, args: argparse.Namespace, scratch: Path) -> dict:
-    """One tree's counts (see the module's docstring)."""
+def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, scratch: Path) -> dict:
+    """One tree's counts (see the module's docstring); ``root`` None: the floor's."""
     port = free_port()
     out = scratch / f"cg-{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     env.update({"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_HOST": "127.0.0.1",
                 "LSTM_SERVE_PORT": str(port), "LSTM_SERVE_GRPC_PORT": "none", "LSTM_SERVE_ACCESS_LOG": "true"})
     log = (scratch / f"server-{port}.log").open("wb")
+    command = ["-m", "app"] if root is not None else ["-m", "bench.floor", "--port", str(port)]
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                          f"--callgrind-out-file={out}", sys.executable, "-m", "app"],
-                         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+                          f"--callgrind-out-file={out}", sys.executable, *command],
+                         env=env, cwd=root or ROOT, stdout=log, stderr=subprocess.STDOUT)
     proc.track(p.pid)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -106,12 +111,13 @@ def count(root: Path, repo: Path, body: bytes, args: argparse.Namespace, scratch
                 pass
             time.sleep(1)
         asyncio.run(drive(port, body, args.warm, args.clients))
-        before = Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)
+        scrape = (lambda: Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)) if root else (lambda: Metrics({}))
+        before = scrape()
         subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
         asyncio.run(drive(port, body, args.requests, args.clients))
         subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
-        after = Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)
+        after = scrape()
     finally:
         p.terminate()
         try:
@@ -130,7 +136,7 @@ def count(root: Path, repo: Path, body: bytes, args: argparse.Namespace, scratch
     main = next((f for f in files if f.name.endswith("-01")), None)
     n = args.requests
     loop = threads.get(1, 0)
-    return {"root": str(root), "loop": loop / n, "all": sum(threads.values()) / n,
+    return {"root": str(root) if root else "floor (bench.floor)", "loop": loop / n, "all": sum(threads.values()) / n,
             "others": (sum(threads.values()) - loop) / n, "batch": n / batches if batches else float("nan"),
             "top": _top(main, args.top) if main else []}
 
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--b-root", type=Path, help="also count this checkout (a `git archive` of another commit)")
+    ap.add_argument("--floor", action="store_true", help="also count the HTTP floor (bench.floor)")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
@@ -150,16 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     repo = model_path("tiny").parents[2]
     body = (load.write_bodies(scratch, "fixed", "json", features=8) / "body1.bin").read_bytes()
-    roots = [ROOT] + ([args.b_root.resolve()] if args.b_root else [])
+    roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
     results = [count(root, repo, body, args, scratch) for root in roots]
     print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
           f"{args.requests} requests from {args.clients} connections)")
     print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
     for r in results:
         print(f"{r['root'][-40:]:40s} {r['loop']:12,.0f} {r['others']:14,.0f} {r['all']:12,.0f} {r['batch']:11.1f}")
-    if len(results) == 2:
-        a, b = results
+    if args.b_root:
+        a, b = results[:2]
         print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")
+    if args.floor:
+        floor = results[-1]["loop"]
+        print("event loop / floor: " + ", ".join(f"{r['root']} {r['loop'] / floor:.2f}x" for r in results[:-1]))
     for r in results:
         if r["top"]:
             print(f"\n{r['root']}: event-loop thread, top functions (self)")

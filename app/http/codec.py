@@ -207,6 +207,7 @@ _COMMON_ENTRY = frozenset({"name", "shape", "datatype", "data"})
 _COMMON_OUTPUT = frozenset({"name"})
 _DATA_KEY = re.compile(rb'"data"\s*:\s*\[')
 _EXACT = float(2**24)  # every integer below it is exact in float32, whichever way it is converted
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # ``x.min()`` less its Python wrapper
 
 
 def common_request(body: bytes, doc: dict[str, Any], spec: ModelSpec, limits: Limits) -> InferRequest | None:
@@ -230,7 +231,7 @@ def common_request(body: bytes, doc: dict[str, Any], spec: ModelSpec, limits: Li
       can be named so, and a string value cannot end in ``"data"`` followed by a colon), and
       between its ``[`` and the first ``]`` after it there is no quote (no string), no ``r`` and
       no ``f`` (no ``true``, no ``false``); that span holds every value, since a nested list
-      fails the 1-D check below;
+      makes the conversion below raise;
     * no null, no value beyond float32 and no integer that float32 cannot hold exactly (which the
       general path would convert through int64, this one through float64): every |value| < 2**24,
       NaN failing that too.
@@ -280,13 +281,14 @@ def common_request(body: bytes, doc: dict[str, Any], spec: ModelSpec, limits: Li
         # ``fromiter``, not ``asarray``: the count is known and every item a number, so numpy
         # need not first walk the list to discover its shape and type (that walk cost as many
         # instructions as orjson's parse of the whole body: ``python -m bench.instructions``).
-        # A nested list raises, a null becomes NaN (refused just below, as by the general path).
-        with np.errstate(over="ignore"):  # out of float32's range: inf, refused just below
-            x = np.fromiter(data, contract.INPUT_DTYPE, len(data))
+        # As float64, JSON's own precision: nothing can overflow yet, so no ``np.errstate``
+        # (a context manager per request). A nested list raises; a null becomes NaN.
+        x = np.fromiter(data, np.float64, len(data))
     except (ValueError, TypeError, OverflowError):
         return None
-    if not np.abs(x).max() < _EXACT:
+    if not (-_EXACT < _MIN(x) and _MAX(x) < _EXACT):  # NaN fails too
         return None
+    x = x.astype(contract.INPUT_DTYPE)  # as the general path converts: float64, then float32
     return InferRequest(req_id, Sequences(x.reshape(n, t, f), contract.full_lengths(n, t)), names, frozenset(), None)
 
 
