@@ -1,0 +1,36 @@
+"""``bench.instructions`` for real, small: a server and the floor under callgrind, a few requests
+each. What its numbers rest on: instrumentation is on while the requests are answered (and only
+then), every answer was a 200, and the batches are read from the server's own metrics. No count
+is asserted beyond what a broken measurement would miss."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from app.testing import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
+                                reason="valgrind is not installed (apt-get install valgrind; .ci/run installs it)")
+
+
+def test_counts_the_server_and_the_floor_per_request() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
+                          "--clients", "4", "--top", "3", "--floor"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {m.group(1).strip(): [float(v.replace(",", "")) for v in m.group(2, 3, 4, 5)]
+            for m in re.finditer(r"^(.{40}) +([\d,]+) +([\d,]+) +([\d,]+) +([\d.]+|nan)$", out.stdout, re.M)}
+    server = next(v for k, v in rows.items() if k.endswith(ROOT.name))
+    floor = rows["floor (bench.floor)"]
+    # Answering a JSON request of 8 KB takes far more than 100k instructions on the event loop;
+    # with instrumentation off (or on only at the edges) the count per request would be ~0.
+    assert server[0] > 100_000 and floor[0] > 100_000, out.stdout
+    assert server[1] > 0 and floor[1] == 0  # the server's batches ran on its runtime thread; the floor has none
+    assert 1 <= server[3] <= 4  # mean batch from the server's metrics: 4 connections, at most 4 a batch
+    assert re.search(r"^event loop / floor: .* \d+\.\d\dx$", out.stdout, re.M), out.stdout
+    assert "event-loop thread, top functions (self)" in out.stdout
