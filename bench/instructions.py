@@ -15,18 +15,22 @@ of the batch thread(s) and of the whole process, the mean batch the requests ran
 valgrind batches form differently than at full speed, so compare trees at similar batches),
 and the main thread's top functions. ``--floor`` counts the HTTP floor (``bench.floor``: the
 same uvicorn stack, the same body decoded, a constant answer) the same way: the event loop's
-instructions per request against the least this stack spends. About 1.2 minutes a tree. Needs
-valgrind.
+instructions per request against the least this stack spends. ``--settings`` starts the
+server with other settings; with several processes (``{"workers": 2}``: two HTTP workers and the
+shared engine) every process is counted, each one's event loop (its main thread) and the rest,
+and listed by role. About 1.2 minutes a tree. Needs valgrind.
 
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
     python -m bench.instructions --floor               # this tree and the floor
+    python -m bench.instructions --settings '{"workers": 2}'   # the shared engine's processes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -85,6 +89,20 @@ def _top(path: Path, n: int) -> list[str]:
     return rows[:n]
 
 
+def _control(pids: list[int], *command: str) -> None:
+    """``callgrind_control`` for every process of the server (supervisor, engine, workers: each
+    runs under valgrind, which follows forks and, with ``--trace-children``, execs)."""
+    for pid in pids:
+        subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True)
+
+
+def _role(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, scratch: Path) -> dict:
     """One tree's counts (see the module's docstring); ``root`` None: the floor's."""
     port = free_port()
@@ -92,10 +110,11 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
     env.update({"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_HOST": "127.0.0.1",
                 "LSTM_SERVE_PORT": str(port), "LSTM_SERVE_GRPC_PORT": "none", "LSTM_SERVE_ACCESS_LOG": "true"})
+    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in args.settings.items()})
     log = (scratch / f"server-{port}.log").open("wb")
     command = ["-m", "app"] if root is not None else ["-m", "bench.floor", "--port", str(port)]
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-                          f"--callgrind-out-file={out}", sys.executable, *command],
+                          "--trace-children=yes", f"--callgrind-out-file={out}.%p", sys.executable, *command],
                          env=env, cwd=root or ROOT, stdout=log, stderr=subprocess.STDOUT)
     proc.track(p.pid)
     url = f"http://127.0.0.1:{port}"
@@ -113,10 +132,12 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
         asyncio.run(drive(port, body, args.warm, args.clients))
         scrape = (lambda: Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)) if root else (lambda: Metrics({}))
         before = scrape()
-        subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
+        pids = proc.tree(p.pid)
+        roles = {pid: _role(pid) for pid in pids}
+        _control(pids, "-i", "on")
         asyncio.run(drive(port, body, args.requests, args.clients))
-        subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
+        _control(pids, "-i", "off")
+        _control(pids, "-d")
         after = scrape()
     finally:
         p.terminate()
@@ -128,17 +149,27 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
         proc.untrack(p.pid)
     batches = (after.total("lstm_serve_batch_size_count", model="bench")
                - before.total("lstm_serve_batch_size_count", model="bench"))
-    files = sorted(scratch.glob(f"cg-{port}.*-*"))  # one dump, a file per thread: <out>.1-01, -02, ...
-    threads = {}
-    for f in files:
-        m = re.search(r"^thread: *(\d+)", f.read_text(errors="replace")[:2000], re.M)
-        threads[int(m.group(1)) if m else 0] = _totals(f)
-    main = next((f for f in files if f.name.endswith("-01")), None)
+    # One dump per process, a file per thread: <out>.<pid>.1-01, -02, ...
+    counts: dict[int, dict[int, int]] = {}
+    files: dict[tuple[int, int], Path] = {}
+    for f in sorted(scratch.glob(f"cg-{port}.*.*-*")):
+        head = f.read_text(errors="replace")[:2000]
+        pid = re.search(r"^pid: *(\d+)", head, re.M)
+        thread = re.search(r"^thread: *(\d+)", head, re.M)
+        key = (int(pid.group(1)) if pid else 0, int(thread.group(1)) if thread else 0)
+        counts.setdefault(key[0], {})[key[1]] = _totals(f)
+        files[key] = f
     n = args.requests
-    loop = threads.get(1, 0)
-    return {"root": str(root) if root else "floor (bench.floor)", "loop": loop / n, "all": sum(threads.values()) / n,
-            "others": (sum(threads.values()) - loop) / n, "batch": n / batches if batches else float("nan"),
-            "top": _top(main, args.top) if main else []}
+    processes = [{"pid": pid, "role": roles.get(pid, "?"), "loop": threads.get(1, 0) / n,
+                  "all": sum(threads.values()) / n} for pid, threads in sorted(counts.items())]
+    processes = [x for x in processes if x["all"] > 0]
+    loop = sum(x["loop"] for x in processes)  # every process's event loop runs on its main thread
+    total = sum(x["all"] for x in processes)
+    busiest = max(processes, key=lambda x: x["loop"], default=None)
+    main_file = files.get((busiest["pid"], 1)) if busiest else None
+    return {"root": str(root) if root else "floor (bench.floor)", "loop": loop, "all": total,
+            "others": total - loop, "batch": n / batches if batches else float("nan"),
+            "processes": processes, "top": _top(main_file, args.top) if main_file else []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--b-root", type=Path, help="also count this checkout (a `git archive` of another commit)")
     ap.add_argument("--floor", action="store_true", help="also count the HTTP floor (bench.floor)")
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help='server settings, a JSON object (e.g. \'{"workers": 2}\': every process is counted)')
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
@@ -164,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
     for r in results:
         print(f"{r['root'][-40:]:40s} {r['loop']:12,.0f} {r['others']:14,.0f} {r['all']:12,.0f} {r['batch']:11.1f}")
+    for r in results:
+        if len(r["processes"]) > 1:
+            print(f"\n{r['root']}, per process (event loop, whole process):")
+            for x in r["processes"]:
+                print(f"  {x['role']:16s} {x['loop']:12,.0f} {x['all']:12,.0f}")
     if args.b_root:
         a, b = results[:2]
         print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")
