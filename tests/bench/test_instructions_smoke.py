@@ -34,3 +34,17 @@ def test_counts_the_server_and_the_floor_per_request() -> None:
     assert 1 <= server[3] <= 4  # mean batch from the server's metrics: 4 connections, at most 4 a batch
     assert re.search(r"^event loop / floor: .* \d+\.\d\dx$", out.stdout, re.M), out.stdout
     assert "event-loop thread, top functions (self)" in out.stdout
+
+
+def test_counts_every_process_of_the_shared_engine_by_role() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
+                          "--clients", "4", "--top", "0", "--settings", '{"workers": 2}'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    roles = re.findall(r"^  (\S+) +([\d,]+) +([\d,]+)$", out.stdout, re.M)
+    loops = {}
+    for role, loop, _ in roles:
+        loops.setdefault(role, []).append(float(loop.replace(",", "")))
+    # both HTTP workers answered requests, and the engine process ran their batches
+    assert len(loops.get("lstm-serve-http", [])) == 2 and min(loops["lstm-serve-http"]) > 10_000, out.stdout
+    assert loops.get("lstm-serve-eng", [0])[0] > 10_000, out.stdout
