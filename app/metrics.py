@@ -172,10 +172,6 @@ def _observe_all(histogram: Any, values: list[float]) -> None:
         for v in values:
             histogram.observe(v)
         return
-    if len(values) == 1 and values[0] == values[0]:
-        total.inc(values[0])
-        buckets[bisect_left(bounds, values[0])].inc(1)
-        return
     counts: dict[int, int] = {}
     for v in values:
         if v == v:  # NaN counts in the sum only, as observe

@@ -57,6 +57,22 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_ready(self, timeout_s: float, poll_s: float = 0.1, probe_timeout_s: float = 1.0) -> None:
+        """Return once ``/v2/health/ready`` answers 200; RuntimeError with the end of the log if
+        the process exits first, or (after stopping it) if ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=probe_timeout_s).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(poll_s)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (the server drains), then wait; killed if it outlives ``timeout``."""
         if self.proc.poll() is None:
@@ -99,15 +115,5 @@ def start_server(
     grpc_port = settings["grpc_port"]
     server = ServerProcess(proc, port, log_path, {k: str(v) for k, v in settings.items()},
                            None if str(grpc_port).lower() == "none" else int(grpc_port))
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-4000:]}")
-        try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server not ready in {ready_timeout:.0f} s:\n{server.log()[-4000:]}")
+    server.wait_ready(ready_timeout)
+    return server

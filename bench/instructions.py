@@ -37,12 +37,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from app.testing import ROOT, free_port
+from app.testing import ROOT, ServerProcess, free_port
 
 from . import load, proc
 from .__main__ import model_path
@@ -111,24 +110,16 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
     env.update({"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_HOST": "127.0.0.1",
                 "LSTM_SERVE_PORT": str(port), "LSTM_SERVE_GRPC_PORT": "none", "LSTM_SERVE_ACCESS_LOG": "true"})
     env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in args.settings.items()})
-    log = (scratch / f"server-{port}.log").open("wb")
+    log_path = scratch / f"server-{port}.log"
     command = ["-m", "app"] if root is not None else ["-m", "bench.floor", "--port", str(port)]
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                           "--trace-children=yes", f"--callgrind-out-file={out}.%p", sys.executable, *command],
-                         env=env, cwd=root or ROOT, stdout=log, stderr=subprocess.STDOUT)
+                         env=env, cwd=root or ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc.track(p.pid)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(p, port, log_path)  # the floor answers its readiness probe too
+    url = server.url
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server under valgrind did not start: {(scratch / f'server-{port}.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+        server.wait_ready(600, poll_s=1, probe_timeout_s=5)  # valgrind: slow to start and to answer
         asyncio.run(drive(port, body, args.warm, args.clients))
         scrape = (lambda: Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)) if root else (lambda: Metrics({}))
         before = scrape()
@@ -140,12 +131,7 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
         _control(pids, "-d")
         after = scrape()
     finally:
-        p.terminate()
-        try:
-            p.wait(120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        server.stop(120)
         proc.untrack(p.pid)
     batches = (after.total("lstm_serve_batch_size_count", model="bench")
                - before.total("lstm_serve_batch_size_count", model="bench"))
@@ -182,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--top", type=int, default=15, help="the main thread's top functions to list (0: none)")
+    ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
