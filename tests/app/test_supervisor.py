@@ -172,7 +172,11 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
                 break
             time.sleep(0.02)
         back = time.monotonic() - killed
-        time.sleep(0.5)
+        # Keep the load on until enough answers after the kill are in: a count over a fixed window
+        # measures the machine's speed (a slow CI runner answered exactly 20 in 0.5 s), not serving.
+        deadline = time.monotonic() + 15
+        while sum(code == 200 for t, code in results if t > killed + 0.1) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
         stop.set()
         for t in threads:
             t.join()
@@ -185,7 +189,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_serving(model_repo: Pat
     readiness = [(d["ready"], d["workers"]) for d in srv.log_lines() if d.get("msg") == "engine readiness"]
     assert readiness[:4] == [(False, 1), (True, 2), (False, 1), (True, 2)], readiness  # start, kill, back
     after = [code for t, code in results if t > killed + 0.1]
-    assert after.count(200) > 20 and set(after) <= {200, 0, 503}, Counter(after)
+    assert after.count(200) >= 40 and set(after) <= {200, 0, 503}, Counter(after)
 
 
 def test_a_killed_engine_answers_every_waiting_request_and_stops_the_server(model_repo: Path, tmp_path: Path) -> None:
