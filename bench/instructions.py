@@ -23,6 +23,7 @@ and listed by role. About 1.2 minutes a tree. Needs valgrind.
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
     python -m bench.instructions --floor               # this tree and the floor
+    python -m bench.instructions --keep /tmp/cg        # keep the per-thread files for callgrind_annotate
     python -m bench.instructions --settings '{"workers": 2}'   # the shared engine's processes
 """
 
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
+    ap.add_argument("--keep", type=Path, help="keep the callgrind files here (one per process and thread, "
+                    "cg-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -198,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         if r["top"]:
             print(f"\n{r['root']}: event-loop thread, top functions (self)")
             print("\n".join(r["top"]))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        for f in scratch.glob("cg-*"):
+            shutil.move(f, args.keep / f.name)
+        print(f"\ncallgrind files kept in {args.keep}")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

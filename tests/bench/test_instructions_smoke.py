@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +37,9 @@ def test_counts_the_server_and_the_floor_per_request() -> None:
     assert "event-loop thread, top functions (self)" in out.stdout
 
 
-def test_counts_every_process_of_the_shared_engine_by_role() -> None:
+def test_counts_every_process_of_the_shared_engine_by_role(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
-                          "--clients", "4", "--top", "0", "--settings", '{"workers": 2}'],
+                          "--clients", "4", "--top", "0", "--settings", '{"workers": 2}', "--keep", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     roles = re.findall(r"^  (\S+) +([\d,]+) +([\d,]+)$", out.stdout, re.M)
@@ -48,3 +49,6 @@ def test_counts_every_process_of_the_shared_engine_by_role() -> None:
     # both HTTP workers answered requests, and the engine process ran their batches
     assert len(loops.get("lstm-serve-http", [])) == 2 and min(loops["lstm-serve-http"]) > 10_000, out.stdout
     assert loops.get("lstm-serve-eng", [0])[0] > 10_000, out.stdout
+    # --keep: the files to annotate further, one per thread of each counted process, each with its count
+    kept = [f for f in tmp_path.glob("cg-*.*.1-*") if re.search(r"^totals: *[1-9]", f.read_text(errors="replace"), re.M)]
+    assert len({f.name.split(".")[1] for f in kept}) >= 3, sorted(f.name for f in tmp_path.iterdir())
