@@ -57,15 +57,17 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float, poll_s: float = 0.1, probe_timeout_s: float = 1.0) -> None:
-        """Return once ``/v2/health/ready`` answers 200; RuntimeError with the end of the log if
-        the process exits first, or (after stopping it) if ``timeout_s`` passes."""
+    def wait_ready(self, timeout_s: float, poll_s: float = 0.1, probe_timeout_s: float = 1.0,
+                   path: str = "/v2/health/ready") -> None:
+        """Return once ``path`` answers 200; RuntimeError with the end of the log if the process
+        exits first, or (after stopping it) if ``timeout_s`` passes. The benchmark's own servers
+        (the floor, granian) are waited for here too."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=probe_timeout_s).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=probe_timeout_s).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -88,6 +90,17 @@ class ServerProcess:
 TEST_WORKERS = "LSTM_SERVE_TEST_WORKERS"
 
 
+def server_env(repository: Path, port: int, settings: dict[str, object]) -> dict[str, str]:
+    """The environment of a server on 127.0.0.1:``port``: this one's, less any ``LSTM_SERVE_*``
+    of its own, plus the repository, the address and ``LSTM_SERVE_<KEY>`` per setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
+    env.update(
+        {"LSTM_SERVE_MODEL_REPOSITORY": str(repository), "LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port)}
+    )
+    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
 def start_server(
     repository: Path, log_dir: Path, ready_timeout: float = 90.0, root: Path | None = None, **settings: object
 ) -> ServerProcess:
@@ -102,11 +115,7 @@ def start_server(
     port = free_port()
     if "grpc_port" not in settings:
         settings["grpc_port"] = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
-    env.update(
-        {"LSTM_SERVE_MODEL_REPOSITORY": str(repository), "LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port)}
-    )
-    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    env = server_env(repository, port, settings)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     proc = subprocess.Popen(

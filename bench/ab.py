@@ -10,8 +10,10 @@ separate runs:
 Each phase starts a fresh server (``bench.server.start``, access log on, plus the phase's
 ``LSTM_SERVE_*`` settings), warms it for 2 s, then runs wrk (32 connections by default) and
 reads the CPU of every thread of the server's process tree. Prints, per phase, throughput,
-p50/p99, server CPU per request and the busiest threads' CPU per request (which thread is the
-bottleneck: the event loop, or ONNX Runtime's), then the median B/A ratios over the rounds.
+p50/p99, the share of the time ONNX Runtime was running a batch (its seconds per second, from
+the server's own histogram), server CPU per request and the busiest threads' CPU per request
+(which thread is the bottleneck: the event loop, or ONNX Runtime's), then the median B/A ratios
+over the rounds.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ def measure(srv: srvmod.Server, bodies: Path, args: argparse.Namespace, scratch:
     m0, before, cpu0, t0 = srv.metrics(), thread_cpu(srv.pid), srv.cpu_s(), time.monotonic()
     w = load.run_wrk(url, bodies, args.clients, args.seconds, scratch)
     wall, cpu, after = time.monotonic() - t0, srv.cpu_s() - cpu0, thread_cpu(srv.pid)
-    batches = srvmod.histogram_delta(m0, srv.metrics(), "lstm_serve_batch_size", "bench")
+    m1 = srv.metrics()
+    batches = srvmod.histogram_delta(m0, m1, "lstm_serve_batch_size", "bench")
+    runtime = srvmod.histogram_delta(m0, m1, "lstm_serve_inference_duration_seconds", "bench")
     n = max(w["requests"], 1)
     threads = sorted(((k, (v - before.get(k, 0.0)) * 1e6 / n) for k, v in after.items()), key=lambda kv: -kv[1])
     loop_us = sum(us for k, us in threads if _thread_label(k).endswith("/main"))  # every process's event loop
@@ -92,6 +96,10 @@ def measure(srv: srvmod.Server, bodies: Path, args: argparse.Namespace, scratch:
         "wrk_us_per_req": w["cpu_s"] * 1e6 / n,  # the client shares the cores
         "cores": cpu / wall,
         "mean_batch": batches["mean"],
+        # ONNX Runtime's seconds per second of wall (over 1 only with batches in flight side by
+        # side): under 1 at one batch in flight, the runtime waited that share of the time
+        # between batches, for the event loop or the GIL.
+        "runtime_busy": runtime["sum"] / wall,
         "loop_us_per_req": loop_us,
         # "pid/tid" per thread, "pid/main" for a process's main (event-loop) thread
         "threads_us_per_req": [f"{_thread_label(k)}:{us:.0f}" for k, us in threads[:5]],
@@ -157,7 +165,7 @@ def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], serve
                 r = {"round": rnd, "setting": label, **phase(settings[label], root, repo, bodies, args, scratch)}
             rows.append(r)
             print(f"round {rnd} {label}: {r['req_s']:7.0f} req/s  p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:6.2f} ms  "
-                  f"batch {r['mean_batch']:4.1f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores (wrk "
+                  f"batch {r['mean_batch']:4.1f}  ORT busy {r['runtime_busy']:.2f}  CPU {r['cpu_us_per_req']:5.0f} us/req on {r['cores']:.2f} cores (wrk "
                   f"{r['wrk_us_per_req']:.0f})  busiest threads "
                   f"(us/req) {' '.join(r['threads_us_per_req'])}  errors {r['errors']}", flush=True)
 

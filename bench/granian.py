@@ -28,15 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from app.testing import free_port
+from app.testing import ROOT, ServerProcess, free_port
 
 from . import load, proc
 from . import server as srvmod
 from .__main__ import model_path
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -54,38 +51,25 @@ def asgi_app() -> Any:
     return entry(app, app.state.server, None)
 
 
-class Granian:
+class Granian(ServerProcess):
     """``granian --interface asgi`` on :func:`asgi_app`, ready once /v2/health/ready answers."""
 
     def __init__(self, repository: Path, runtime_threads: int, log: Path) -> None:
-        self.port = free_port()
+        port = free_port()
         env = dict(os.environ, LSTM_SERVE_MODEL_REPOSITORY=str(repository), LSTM_SERVE_ACCESS_LOG="true",
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1",
-               "--runtime-threads", str(runtime_threads), "--host", "127.0.0.1", "--port", str(self.port),
+               "--runtime-threads", str(runtime_threads), "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--factory", "bench.granian:asgi_app"]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-        proc.track(self.proc.pid)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"granian exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"granian not ready: {log.read_text()[-2000:]}")
+        p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        proc.track(p.pid)
+        super().__init__(p, port, log)
+        self.wait_ready(120, poll_s=0.2)
 
-    url = property(lambda self: f"http://127.0.0.1:{self.port}")
-    pid = property(lambda self: self.proc.pid)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+    def stop(self, timeout: float = 30.0) -> int:
+        code = super().stop(timeout)
         proc.untrack(self.proc.pid)
+        return code
 
 
 def measure(url: str, pid: int, bodies: Path, seconds: float, scratch: Path) -> dict[str, float]:

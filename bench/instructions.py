@@ -15,7 +15,10 @@ of the batch thread(s) and of the whole process, the mean batch the requests ran
 valgrind batches form differently than at full speed, so compare trees at similar batches),
 and the main thread's top functions. ``--floor`` counts the HTTP floor (``bench.floor``: the
 same uvicorn stack, the same body decoded, a constant answer) the same way: the event loop's
-instructions per request against the least this stack spends. ``--settings`` starts the
+instructions per request against the least this stack spends. ``--raw`` counts raw ONNX Runtime too (``bench.rawort``'s session, the
+server's session settings, at the server's mean batch): with ``--floor``, the issue's overhead
+ratio, (server CPU a request - raw ONNX Runtime's a row) / the floor's, in instructions, which
+leaves out what two cores shared by three busy threads add to each. ``--settings`` starts the
 server with other settings; with several processes (``{"workers": 2}``: two HTTP workers and the
 shared engine) every process is counted, each one's event loop (its main thread) and the rest,
 and listed by role. About 1.2 minutes a tree. Needs valgrind.
@@ -23,6 +26,7 @@ and listed by role. About 1.2 minutes a tree. Needs valgrind.
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
     python -m bench.instructions --floor               # this tree and the floor
+    python -m bench.instructions --floor --raw         # ... and raw ONNX Runtime: the overhead, counted
     python -m bench.instructions --keep /tmp/cg        # keep the per-thread files for callgrind_annotate
     python -m bench.instructions --settings '{"workers": 2}'   # the shared engine's processes
 """
@@ -32,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -42,13 +45,15 @@ from pathlib import Path
 
 import httpx
 
-from app.testing import ROOT, ServerProcess, free_port
+from app.testing import ROOT, ServerProcess, free_port, server_env
 
 from . import load, proc
 from .__main__ import model_path
+from .suite import effective_settings
 from .server import Metrics
 
 _INFER = "/v2/models/bench/infer"
+LENGTH = 50  # steps a request (the benchmark's fixed mix)
 
 
 async def drive(port: int, body: bytes, requests: int, clients: int) -> None:
@@ -107,10 +112,7 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
     """One tree's counts (see the module's docstring); ``root`` None: the floor's."""
     port = free_port()
     out = scratch / f"cg-{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_SERVE_")}
-    env.update({"LSTM_SERVE_MODEL_REPOSITORY": str(repo), "LSTM_SERVE_HOST": "127.0.0.1",
-                "LSTM_SERVE_PORT": str(port), "LSTM_SERVE_GRPC_PORT": "none", "LSTM_SERVE_ACCESS_LOG": "true"})
-    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in args.settings.items()})
+    env = server_env(repo, port, {"grpc_port": "none", "access_log": "true", **args.settings})
     log_path = scratch / f"server-{port}.log"
     command = ["-m", "app"] if root is not None else ["-m", "bench.floor", "--port", str(port)]
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
@@ -159,6 +161,37 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
             "processes": processes, "top": _top(main_file, args.top) if main_file else []}
 
 
+# Raw ONNX Runtime in a process of its own, ``calls`` runs of one batch: counted twice, at two
+# numbers of calls, so what the process spends to start (imports, the session) cancels out.
+_RAW = """
+import json, sys
+import numpy as np
+from bench.rawort import feeds_for, session
+model, config, batch, length, calls = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:6])
+s = session(model, config, ["CPUExecutionProvider"])
+feeds = feeds_for(s, batch, length, np.random.default_rng(0))
+for _ in range(calls):
+    s.run(["output"], feeds)
+"""
+
+
+def raw_per_row(model: Path, settings: dict, batch: int, length: int, scratch: Path) -> float:
+    """Instructions raw ONNX Runtime spends a row at ``batch`` sequences of ``length`` steps, with
+    the session settings a server with ``settings`` uses (intra-op threads, spinning, arena):
+    every thread of the process, the difference between 20 and 120 calls."""
+    s = effective_settings(settings)
+    config = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
+              "arena": int(bool(s["cpu_mem_arena"]))}
+    totals = []
+    for calls in (20, 120):
+        out = scratch / f"cg-raw-{calls}"
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", _RAW,
+                        str(model), json.dumps(config), str(batch), str(length), str(calls)],
+                       cwd=ROOT, check=True, capture_output=True)
+        totals.append(_totals(out))
+    return (totals[1] - totals[0]) / (100 * batch)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
+    ap.add_argument("--raw", action="store_true", help="also count raw ONNX Runtime a row at the first tree's "
+                    "mean batch and session settings; with --floor, the overhead counted: (process - raw) / floor")
     ap.add_argument("--keep", type=Path, help="keep the callgrind files here (one per process and thread, "
                     "cg-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
     args = ap.parse_args(argv)
@@ -178,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     repo = model_path("tiny").parents[2]
-    body = (load.write_bodies(scratch, "fixed", "json", features=8) / "body1.bin").read_bytes()
+    body = (load.write_bodies(scratch, "fixed", "json", features=8, fixed=LENGTH) / "body1.bin").read_bytes()
     roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
     results = [count(root, repo, body, args, scratch) for root in roots]
     print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
@@ -197,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor:
         floor = results[-1]["loop"]
         print("event loop / floor: " + ", ".join(f"{r['root']} {r['loop'] / floor:.2f}x" for r in results[:-1]))
+    if args.raw:
+        batch = max(1, round(results[0]["batch"]))
+        raw = raw_per_row(model_path("tiny"), args.settings, batch, LENGTH, scratch)
+        print(f"raw ONNX Runtime, batch {batch} of {LENGTH} steps, the server's session settings: {raw:,.0f} a row")
+        for r in results[: len(results) - (1 if args.floor else 0)]:
+            line = f"{r['root']}: process - raw {r['all'] - raw:,.0f} a request"
+            if args.floor:
+                line += f", {(r['all'] - raw) / results[-1]['all']:.2f}x the floor's (the overhead target, counted)"
+            print(line)
     for r in results:
         if r["top"]:
             print(f"\n{r['root']}: event-loop thread, top functions (self)")

@@ -40,14 +40,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from app.testing import free_port
+from app.testing import ROOT, ServerProcess, free_port
 
 from . import load, proc
 from . import profile as prof
 from . import server as srvmod
 from .suite import effective_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 LAYOUTS: dict[str, dict[str, object]] = {
     "one process": {"workers": 1},
@@ -57,32 +56,33 @@ LAYOUTS: dict[str, dict[str, object]] = {
 BATCHES = (1, 2, 4, 8, 16, 32)
 
 
-class Floor:
-    """``python -m bench.floor`` (or another bench module's server) on a free port, ready once it answers."""
+class Floor(ServerProcess):
+    """``python -m bench.floor`` (or another bench module's server) on a free port, ready once it
+    answers (``ServerProcess.wait_ready``: the floor answers its readiness probe too). Its output
+    goes to a log file, removed when it stops, whose end a failed start shows."""
 
     def __init__(self, module: str = "bench.floor", *args: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(self.port), *args], cwd=ROOT)
-        proc.track(self.proc.pid)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{module} server not ready")
-
-    url = property(lambda self: f"http://127.0.0.1:{self.port}")
-    pid = property(lambda self: self.proc.pid)
+        port = free_port()
+        fd, name = tempfile.mkstemp(prefix=f"{module}-{port}-", suffix=".log")
+        p = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], cwd=ROOT,
+                             stdout=fd, stderr=subprocess.STDOUT)
+        os.close(fd)
+        proc.track(p.pid)
+        super().__init__(p, port, Path(name))
+        try:
+            self.wait_ready(30)
+        except BaseException:
+            self.stop()
+            raise
 
     def cpu_s(self) -> float:
         return proc.tree_cpu(self.proc.pid)
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+    def stop(self, timeout: float = 10.0) -> int:
+        code = super().stop(timeout)
         proc.untrack(self.proc.pid)
+        self.log_path.unlink(missing_ok=True)
+        return code
 
 
 class Lean(Floor):

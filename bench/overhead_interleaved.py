@@ -116,6 +116,11 @@ def derive(row: dict[str, dict[str, Any]], layouts: dict[str, dict[str, Any]], c
         m = row[name]
         add_overhead(m, curves[_settings_key(layouts.get(name, {"workers": 1}))], floor_us)
         m["vs_one_process"] = m["req_s"] / row["one process"]["req_s"]
+        if m.get("machine_busy"):
+            # The most this layout could serve against one process with the machine 100 % busy
+            # at the CPU a request it spent (every process's, the load generator's included):
+            # what no change of scheduling can pass, only less CPU a request.
+            m["vs_one_at_full_busy"] = m["vs_one_process"] / m["machine_busy"]
     return floor_us
 
 
@@ -138,9 +143,12 @@ def report(res: dict[str, Any]) -> str:
              f"model `{res['model']}`, access log {'on' if res['access_log'] else 'off'}. Medians over the cycles, "
              "range in brackets; ratios are taken within each cycle. overhead = (server CPU/request - raw ORT "
              "CPU/row at the server's mean batch) / the floor's CPU/request in the same cycle.", "",
-             "| target | req/s | vs one process | p99 ms | CPU us/req | event-loop thread us/req | mean batch "
-             "| raw ORT us/row at that batch | overhead / floor | CPU eff. | conns per process (last cycle) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Machine busy: the whole machine's share of CPU time in use (every process, wrk included); at "
+             "100 % busy: vs one process / machine busy, the most the layout could reach at its CPU a request.", "",
+             "| target | req/s | vs one process | machine busy | at 100 % busy, vs one process | p99 ms | CPU us/req "
+             "| event-loop thread us/req | mean batch | raw ORT us/row at that batch | overhead / floor | CPU eff. "
+             "| conns per process (last cycle) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ordered:
         def cell(key: str, fmt: str) -> str:
             values = col(name, key)
@@ -148,7 +156,8 @@ def report(res: dict[str, Any]) -> str:
             shown = values and not (key == "loop_cpu_us_per_req" and statistics.median(values) < 1)
             return _median(values, fmt) if shown else ""
         conns = cycles[-1]["targets"][name]["connections_per_process"]
-        lines.append(f"| {name} | {cell('req_s', '.0f')} | {cell('vs_one_process', '.2f')} | {cell('p99_ms', '.1f')} "
+        lines.append(f"| {name} | {cell('req_s', '.0f')} | {cell('vs_one_process', '.2f')} | {cell('machine_busy', '.2f')} "
+                     f"| {cell('vs_one_at_full_busy', '.2f')} | {cell('p99_ms', '.1f')} "
                      f"| {cell('cpu_us_per_req', '.0f')} | {cell('loop_cpu_us_per_req', '.0f')} | {cell('mean_batch', '.1f')} "
                      f"| {cell('raw_cpu_us_per_row', '.0f')} | {cell('overhead_x_floor', '.2f')} | {cell('cpu_efficiency', '.2f')} "
                      f"| {'/'.join(map(str, conns)) if len(conns) > 1 else ''} |")

@@ -94,6 +94,11 @@ def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path, int
     assert "round 1 A:" in p.stdout and "round 1 B:" in p.stdout and "errors 0" in p.stdout
     ratio = re.search(r"B/A req_s: median ([0-9.]+)", p.stdout)
     assert ratio and float(ratio.group(1)) > 0, p.stdout
+    # The runtime's busy share, from the server's own histogram: some, and at one batch in flight
+    # (A) at most the wall time (a batch that began just before the window may end inside it).
+    busy = re.findall(r"round \d ([AB]):.*?ORT busy ([0-9.]+)", p.stdout)
+    assert len(busy) == (4 if interleave else 2) and all(float(x) > 0 for _, x in busy), p.stdout
+    assert all(float(x) <= 1.1 for label, x in busy if label == "A"), p.stdout
     if interleave:  # one server per setting for all rounds, so each pid shows up in both rounds
         # A then B, then B then A: coming second in a pair is no setting's advantage
         assert re.findall(r"round (\d) ([AB]):", p.stdout) == [("1", "A"), ("1", "B"), ("2", "B"), ("2", "A")], p.stdout

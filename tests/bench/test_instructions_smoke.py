@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which
 
 def test_counts_the_server_and_the_floor_per_request() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
-                          "--clients", "4", "--top", "3", "--floor"],
+                          "--clients", "4", "--top", "3", "--floor", "--raw"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = {m.group(1).strip(): [float(v.replace(",", "")) for v in m.group(2, 3, 4, 5)]
@@ -35,6 +35,16 @@ def test_counts_the_server_and_the_floor_per_request() -> None:
     assert 1 <= server[3] <= 4  # mean batch from the server's metrics: 4 connections, at most 4 a batch
     assert re.search(r"^event loop / floor: .* \d+\.\d\dx$", out.stdout, re.M), out.stdout
     assert "event-loop thread, top functions (self)" in out.stdout
+    # --raw: raw ONNX Runtime counted at the server's mean batch, some instructions a row (the
+    # tiny model's are tens of thousands; a count of the start-up alone would cancel to ~0), and
+    # the overhead ratio from the three counts printed above
+    raw = re.search(r"^raw ONNX Runtime, batch (\d+) of 50 steps, .*: ([\d,]+) a row$", out.stdout, re.M)
+    assert raw and 1 <= int(raw.group(1)) <= 4 and float(raw.group(2).replace(",", "")) > 1_000, out.stdout
+    ratio = re.search(r": process - raw ([\d,]+) a request, (\d+\.\d\d)x the floor's", out.stdout)
+    assert ratio, out.stdout
+    raw_row = float(raw.group(2).replace(",", ""))
+    assert float(ratio.group(1).replace(",", "")) == pytest.approx(server[2] - raw_row, abs=1)
+    assert float(ratio.group(2)) == pytest.approx((server[2] - raw_row) / floor[2], abs=0.006)
 
 
 def test_counts_every_process_of_the_shared_engine_by_role(tmp_path: Path) -> None:

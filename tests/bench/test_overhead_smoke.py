@@ -71,13 +71,14 @@ def test_each_interleaved_cycle_takes_its_overhead_against_its_own_raw_measureme
         return {"callers": 1, "cases": [{"batch": b, "callers": 1, "cpu_ms_per_seq": us_at_16 * 16 / b / 1000}
                                         for b in RAW_BATCHES]}
 
-    def server(cpu: float) -> dict:
-        return {"req_s": 5000.0, "p99_ms": 9.0, "cpu_us_per_req": cpu, "loop_cpu_us_per_req": 70.0,
-                "mean_batch": 16.0, "connections_per_process": []}
+    def server(cpu: float, req_s: float = 5000.0, busy: float = 0.8) -> dict:
+        return {"req_s": req_s, "p99_ms": 9.0, "cpu_us_per_req": cpu, "loop_cpu_us_per_req": 70.0,
+                "mean_batch": 16.0, "connections_per_process": [], "machine_busy": busy}
 
     cycles = []
     for raw_us in (200.0, 250.0):
-        row = {FLOOR: server(40.0), BARE: server(25.0), LEAN: server(260.0), "one process": server(280.0)}
+        row = {FLOOR: server(40.0), BARE: server(25.0), LEAN: server(260.0, req_s=5500.0, busy=0.88),
+               "one process": server(280.0)}
         curves = {_settings_key({"workers": 1}): curve(raw_us)}
         assert derive(row, layouts, curves) == 40.0
         cycles.append({"cycle": len(cycles) + 1, "targets": row, "raw": curves})
@@ -86,7 +87,11 @@ def test_each_interleaved_cycle_takes_its_overhead_against_its_own_raw_measureme
     text = report({"command": "python -m bench.overhead --interleave", "cores": 2, "started": "now", "seconds": 4,
                    "model": "bench", "access_log": True, "cycles": cycles,
                    "raw": {_settings_key({"workers": 1}): curve(210.0)}})
-    assert "| one process | 5000 (5000-5000) | 1.00 (1.00-1.00) |" in text
+    # machine busy, and what that throughput would be at 100 % busy: 1 / 0.8 for one process,
+    # 1.1 / 0.88 for the batching floor (a bound from the same cycle's figures, not a measurement)
+    assert "| one process | 5000 (5000-5000) | 1.00 (1.00-1.00) | 0.80 (0.80-0.80) | 1.25 (1.25-1.25) |" in text
+    assert f"| {LEAN} | 5500 (5500-5500) | 1.10 (1.10-1.10) | 0.88 (0.88-0.88) | 1.25 (1.25-1.25) |" in text
+    assert cycles[0]["targets"][LEAN]["vs_one_at_full_busy"] == pytest.approx(1.1 / 0.88)
     assert "| 225 (200-250) | 1.38 (0.75-2.00) |" in text  # the raw figure beside the overhead it gave
     assert "Measured again in every cycle" in text and "16: 225 (200-250)" in text
 
