@@ -15,13 +15,14 @@ of the batch thread(s) and of the whole process, the mean batch the requests ran
 valgrind batches form differently than at full speed, so compare trees at similar batches),
 and the main thread's top functions. ``--floor`` counts the HTTP floor (``bench.floor``: the
 same uvicorn stack, the same body decoded, a constant answer) the same way: the event loop's
-instructions per request against the least this stack spends. ``--raw`` counts raw ONNX Runtime too (``bench.rawort``'s session, the
-server's session settings, at the server's mean batch): with ``--floor``, the issue's overhead
-ratio, (server CPU a request - raw ONNX Runtime's a row) / the floor's, in instructions, which
-leaves out what two cores shared by three busy threads add to each. ``--settings`` starts the
-server with other settings; with several processes (``{"workers": 2}``: two HTTP workers and the
-shared engine) every process is counted, each one's event loop (its main thread) and the rest,
-and listed by role. About 1.2 minutes a tree. Needs valgrind.
+instructions per request against the least this stack spends. ``--raw`` counts raw ONNX
+Runtime too (``bench.rawort``'s session, the server's session settings, at the server's mean
+batch): with ``--floor``, the issue's overhead ratio, (server a request - raw ONNX Runtime a
+row) / the floor's, in instructions, which leaves out what two cores shared by three busy
+threads add to each. ``--settings`` starts the server with other settings; with several
+processes (``{"workers": 2}``: two HTTP workers and the shared engine) every process is counted,
+each one's event loop (its main thread) and the rest, and listed by role. About 1.2 minutes a
+tree (``--raw``: half a minute more). Needs valgrind.
 
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
