@@ -50,7 +50,7 @@ from app.testing import ROOT, ServerProcess, free_port, server_env
 
 from . import load, proc
 from .__main__ import model_path
-from .suite import effective_settings
+from .suite import effective_settings, session_config
 from .server import Metrics
 
 _INFER = "/v2/models/bench/infer"
@@ -180,9 +180,7 @@ def raw_per_row(model: Path, settings: dict, batch: int, length: int, scratch: P
     """Instructions raw ONNX Runtime spends a row at ``batch`` sequences of ``length`` steps, with
     the session settings a server with ``settings`` uses (intra-op threads, spinning, arena):
     every thread of the process, the difference between 20 and 120 calls."""
-    s = effective_settings(settings)
-    config = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
-              "arena": int(bool(s["cpu_mem_arena"]))}
+    config = session_config(effective_settings(settings))
     totals = []
     for calls in (20, 120):
         out = scratch / f"cg-raw-{calls}"

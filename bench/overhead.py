@@ -45,7 +45,7 @@ from app.testing import ROOT, ServerProcess, free_port
 from . import load, proc
 from . import profile as prof
 from . import server as srvmod
-from .suite import effective_settings
+from .suite import effective_settings, session_config
 
 RESULTS = ROOT / "bench" / "results"
 LAYOUTS: dict[str, dict[str, object]] = {
@@ -152,8 +152,7 @@ def raw_curve(model: Path, settings: dict, seconds: float, batches: tuple[int, .
     """Raw ORT with a layout's session settings (threads, spinning, arena, callers = batches in
     flight; per engine process): CPU-us per row and p50 per batch."""
     s = effective_settings(settings)
-    cfg = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
-           "arena": int(bool(s["cpu_mem_arena"]))}
+    cfg = session_config(s)
     k = int(s["max_batches_in_flight"])
     cases = ",".join(f"{b}x{k}" for b in batches) + (",1x1" if 1 in batches else "")
     cmd = [sys.executable, "-m", "bench.rawort", str(model), "--config", json.dumps(cfg), "--cases", cases,

@@ -47,6 +47,13 @@ def effective_settings(overrides: dict) -> dict:
     return out
 
 
+def session_config(effective: dict) -> dict:
+    """``bench.rawort``'s ``--config`` for the sessions a server with these effective settings
+    (:func:`effective_settings`) creates: intra-op threads, spinning, arena."""
+    return {"intra": int(effective["intra_op_threads"]), "spinning": int(bool(effective["allow_spinning"])),
+            "arena": int(bool(effective["cpu_mem_arena"]))}
+
+
 @dataclass
 class Phase:
     name: str
@@ -119,8 +126,7 @@ class Bench:
         callers as batches in flight) and ONNX Runtime's defaults (one caller)."""
         batches = [b for b in BATCHES if b <= max(s["max_batch_size"], 1)][:7]
         k = int(s["max_batches_in_flight"])
-        server_cfg = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
-                      "arena": int(bool(s["cpu_mem_arena"]))}
+        server_cfg = session_config(s)
         cases_srv = [f"{b}x{k}" for b in batches] + (["1x1"] if k > 1 else [])
         return {"server_settings": (server_cfg, cases_srv), "ort_defaults": ({}, [f"{b}x1" for b in batches])}
 
@@ -241,8 +247,7 @@ class Bench:
         """The raw batch curve (batch 1..128), for the plot and the batching on/off argument."""
         s = effective_settings(overrides)
         k = int(s["max_batches_in_flight"])
-        srv_cfg = {"intra": int(s["intra_op_threads"]), "spinning": int(bool(s["allow_spinning"])),
-                   "arena": int(bool(s["cpu_mem_arena"]))}
+        srv_cfg = session_config(s)
         curve = {"server settings, 1 caller": self.raw(srv_cfg, [f"{b}x1" for b in BATCHES], seconds)}
         if k > 1:
             curve[f"server settings, {k} callers"] = self.raw(srv_cfg, [f"{b}x{k}" for b in BATCHES], seconds)
