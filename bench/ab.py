@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from . import load, proc
 from . import server as srvmod
 from .__main__ import model_path
+from .scratch import run_scratch
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -124,32 +124,32 @@ def main(argv: list[str] | None = None) -> int:
                     "--seconds (short phases, e.g. 3 s, many rounds): both see the same minute of the machine")
     args = ap.parse_args(argv)
     settings = {"A": json.loads(args.a), "B": json.loads(args.b)}
-    scratch = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    (scratch / "logs").mkdir()
-    bodies = load.write_bodies(scratch, args.mix, args.encoding, features=8)
-    repo = model_path(args.model).parents[2]
-    print(f"A = {settings['A']}, B = {settings['B']}{f' from {args.b_root}' if args.b_root else ''}; {args.mix} {args.encoding}, {args.clients} connections, "
-          f"{args.seconds:g} s a phase, model {args.model}")
-    rows: list[dict[str, Any]] = []
-    servers: dict[str, srvmod.Server] = {}
-    try:
+    with run_scratch("bench-ab-") as scratch:
+        (scratch / "logs").mkdir()
+        bodies = load.write_bodies(scratch, args.mix, args.encoding, features=8)
+        repo = model_path(args.model).parents[2]
+        print(f"A = {settings['A']}, B = {settings['B']}{f' from {args.b_root}' if args.b_root else ''}; {args.mix} {args.encoding}, {args.clients} connections, "
+              f"{args.seconds:g} s a phase, model {args.model}")
+        rows: list[dict[str, Any]] = []
+        servers: dict[str, srvmod.Server] = {}
+        try:
+            if args.interleave:
+                for label in ("A", "B"):
+                    servers[label] = start_warm(settings[label], args.b_root if label == "B" else None, repo, bodies,
+                                                args, scratch)
+            _rounds(args, settings, servers, repo, bodies, scratch, rows)
+        finally:
+            for srv in servers.values():
+                srv.stop()
+        pairs = [(next(r for r in rows if r["round"] == n and r["setting"] == "A"),
+                  next(r for r in rows if r["round"] == n and r["setting"] == "B")) for n in range(1, args.rounds + 1)]
+        keys = [("req_s", "req_s"), ("cpu_us_per_req", "cpu_us_per_req"), ("p99_ms", "p99_ms")]
         if args.interleave:
-            for label in ("A", "B"):
-                servers[label] = start_warm(settings[label], args.b_root if label == "B" else None, repo, bodies,
-                                            args, scratch)
-        _rounds(args, settings, servers, repo, bodies, scratch, rows)
-    finally:
-        for srv in servers.values():
-            srv.stop()
-    pairs = [(next(r for r in rows if r["round"] == n and r["setting"] == "A"),
-              next(r for r in rows if r["round"] == n and r["setting"] == "B")) for n in range(1, args.rounds + 1)]
-    keys = [("req_s", "req_s"), ("cpu_us_per_req", "cpu_us_per_req"), ("p99_ms", "p99_ms")]
-    if args.interleave:
-        keys.append(("event-loop thread us/req", "loop_us_per_req"))
-    for label, key in keys:
-        ratios = [b[key] / a[key] for a, b in pairs]
-        print(f"B/A {label}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
-    return 1 if any(r["errors"] for r in rows) else 0
+            keys.append(("event-loop thread us/req", "loop_us_per_req"))
+        for label, key in keys:
+            ratios = [b[key] / a[key] for a, b in pairs]
+            print(f"B/A {label}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+        return 1 if any(r["errors"] for r in rows) else 0
 
 
 def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], servers: dict[str, srvmod.Server],

@@ -18,15 +18,15 @@ import argparse
 import json
 import socket
 import statistics
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 
 from app.testing import ROOT, start_server
+
+from .scratch import run_scratch
 
 SMALL = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5, 4], "data": [0.5] * 20}]}
 
@@ -78,56 +78,56 @@ def main() -> None:
     ap.add_argument("--stalled", type=int, default=0)
     ap.add_argument("--valid", action="store_true", help="a body the server runs (limits raised, 2 batches in flight)")
     args = ap.parse_args()
-    logs = Path(tempfile.mkdtemp(prefix="bigbody-"))
-    body = big_body(args.mb, args.valid) if not args.stalled else b""
-    raised = {"max_sequence_length": 1_000_000, "max_batches_in_flight": 2} if args.valid else {}
-    srv = start_server(
-        ROOT / "models", logs, max_request_bytes=max(len(body) + 1024, 16 * 2**20), body_timeout_s=60,
-        max_connections=args.stalled + 64, access_log=False, **raised,
-    )
-    result: dict[str, object] = {"body_bytes": len(body), "stalled": args.stalled}
-    try:
-        stop = threading.Event()
-        samples: list[tuple[float, float, str]] = []
-        t = threading.Thread(target=probe, args=(srv.url, stop, samples))
-        t.start()
-        time.sleep(1.0)
-        result["idle"] = summary([d for _, d, _ in samples])
-        mark = len(samples)
-        windows: list[tuple[float, float]] = []
-        socks = []
-        if args.stalled:
-            head = (b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 1000\r\n\r\n{\"inputs\":")
-            for _ in range(args.stalled):
-                s = socket.create_connection(("127.0.0.1", srv.port))
-                s.sendall(head)
-                socks.append(s)
-            start = time.perf_counter()
-            time.sleep(3.0)
-            windows.append((start, time.perf_counter()))
-            result["inflight_gauge"] = [line for line in httpx.get(srv.url + "/metrics").text.splitlines()
-                                        if line.startswith("lstm_serve_inflight_requests ")]
-        else:
-            with httpx.Client(base_url=srv.url, timeout=60) as client:
-                for _ in range(args.rounds):
-                    t0 = time.perf_counter()
-                    r = client.post("/v2/models/demo/infer", content=body, headers={"content-type": "application/json"})
-                    windows.append((t0, time.perf_counter()))
-                    assert r.status_code == (200 if args.valid else 400), r.text[:300]
-                    time.sleep(0.3)
-            result["big_request_s"] = [round(b - a, 3) for a, b in windows]
-        stop.set()
-        t.join()
-        during = [d for s0, d, _ in samples[mark:] if any(a <= s0 + d and s0 <= b for a, b in windows)]
-        result["during"] = summary(during)
-        for kind in ("ready", "infer"):
-            result[f"during_{kind}"] = summary([d for s0, d, k in samples[mark:] if k == kind and any(a <= s0 + d and s0 <= b for a, b in windows)])
-        for s in socks:
-            s.close()
-    finally:
-        srv.stop()
-    print(json.dumps(result))
+    with run_scratch("bigbody-") as logs:
+        body = big_body(args.mb, args.valid) if not args.stalled else b""
+        raised = {"max_sequence_length": 1_000_000, "max_batches_in_flight": 2} if args.valid else {}
+        srv = start_server(
+            ROOT / "models", logs, max_request_bytes=max(len(body) + 1024, 16 * 2**20), body_timeout_s=60,
+            max_connections=args.stalled + 64, access_log=False, **raised,
+        )
+        result: dict[str, object] = {"body_bytes": len(body), "stalled": args.stalled}
+        try:
+            stop = threading.Event()
+            samples: list[tuple[float, float, str]] = []
+            t = threading.Thread(target=probe, args=(srv.url, stop, samples))
+            t.start()
+            time.sleep(1.0)
+            result["idle"] = summary([d for _, d, _ in samples])
+            mark = len(samples)
+            windows: list[tuple[float, float]] = []
+            socks = []
+            if args.stalled:
+                head = (b"POST /v2/models/demo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"inputs\":")
+                for _ in range(args.stalled):
+                    s = socket.create_connection(("127.0.0.1", srv.port))
+                    s.sendall(head)
+                    socks.append(s)
+                start = time.perf_counter()
+                time.sleep(3.0)
+                windows.append((start, time.perf_counter()))
+                result["inflight_gauge"] = [line for line in httpx.get(srv.url + "/metrics").text.splitlines()
+                                            if line.startswith("lstm_serve_inflight_requests ")]
+            else:
+                with httpx.Client(base_url=srv.url, timeout=60) as client:
+                    for _ in range(args.rounds):
+                        t0 = time.perf_counter()
+                        r = client.post("/v2/models/demo/infer", content=body, headers={"content-type": "application/json"})
+                        windows.append((t0, time.perf_counter()))
+                        assert r.status_code == (200 if args.valid else 400), r.text[:300]
+                        time.sleep(0.3)
+                result["big_request_s"] = [round(b - a, 3) for a, b in windows]
+            stop.set()
+            t.join()
+            during = [d for s0, d, _ in samples[mark:] if any(a <= s0 + d and s0 <= b for a, b in windows)]
+            result["during"] = summary(during)
+            for kind in ("ready", "infer"):
+                result[f"during_{kind}"] = summary([d for s0, d, k in samples[mark:] if k == kind and any(a <= s0 + d and s0 <= b for a, b in windows)])
+            for s in socks:
+                s.close()
+        finally:
+            srv.stop()
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

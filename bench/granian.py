@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from app.testing import ROOT, ServerProcess, free_port
 from . import load, proc
 from . import server as srvmod
 from .__main__ import model_path
+from .scratch import run_scratch
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -97,32 +97,32 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("granian is not installed: pip install granian", file=sys.stderr)
         return 2
-    scratch = Path(tempfile.mkdtemp(prefix="bench-granian-"))
-    (scratch / "logs").mkdir()
-    bodies = load.write_bodies(scratch, "fixed", "json", features=8)
-    servers = {"uvicorn (today)": None, "granian ASGI, 1 runtime thread": 1, "granian ASGI, 2 runtime threads": 2}
-    rows: list[dict[str, Any]] = []
-    for kind in args.models.split(","):
-        repo = model_path(kind).parents[2]
-        for rnd in range(1, args.rounds + 1):
-            for label, threads in servers.items():
-                if threads is None:
-                    srv = srvmod.start(repo, scratch / "logs", {"access_log": "true"})
-                    url, pid, stop = srv.url, srv.pid, srv.stop
-                else:
-                    g = Granian(repo, threads, scratch / "granian.log")
-                    url, pid, stop = g.url, g.pid, g.stop
-                try:
-                    m = measure(f"{url}/v2/models/bench/infer", pid, bodies, args.seconds, scratch)
-                finally:
-                    stop()
-                rows.append({"model": kind, "round": rnd, "server": label, **m})
-                print(json.dumps(rows[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
-    (args.out / f"{args.name}.md").write_text(report(rows, args))
-    print(report(rows, args))
-    return 0
+    with run_scratch("bench-granian-") as scratch:
+        (scratch / "logs").mkdir()
+        bodies = load.write_bodies(scratch, "fixed", "json", features=8)
+        servers = {"uvicorn (today)": None, "granian ASGI, 1 runtime thread": 1, "granian ASGI, 2 runtime threads": 2}
+        rows: list[dict[str, Any]] = []
+        for kind in args.models.split(","):
+            repo = model_path(kind).parents[2]
+            for rnd in range(1, args.rounds + 1):
+                for label, threads in servers.items():
+                    if threads is None:
+                        srv = srvmod.start(repo, scratch / "logs", {"access_log": "true"})
+                        url, pid, stop = srv.url, srv.pid, srv.stop
+                    else:
+                        g = Granian(repo, threads, scratch / "granian.log")
+                        url, pid, stop = g.url, g.pid, g.stop
+                    try:
+                        m = measure(f"{url}/v2/models/bench/infer", pid, bodies, args.seconds, scratch)
+                    finally:
+                        stop()
+                    rows.append({"model": kind, "round": rnd, "server": label, **m})
+                    print(json.dumps(rows[-1]), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
+        (args.out / f"{args.name}.md").write_text(report(rows, args))
+        print(report(rows, args))
+        return 0
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:

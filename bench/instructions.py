@@ -41,7 +41,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -50,8 +49,9 @@ from app.testing import ROOT, ServerProcess, free_port, server_env
 
 from . import load, proc
 from .__main__ import model_path
-from .suite import effective_settings, session_config
+from .scratch import run_scratch
 from .server import Metrics
+from .suite import effective_settings, session_config
 
 _INFER = "/v2/models/bench/infer"
 LENGTH = 50  # steps a request (the benchmark's fixed mix)
@@ -210,47 +210,46 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    scratch = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
-    repo = model_path("tiny").parents[2]
-    body = (load.write_bodies(scratch, "fixed", "json", features=8, fixed=LENGTH) / "body1.bin").read_bytes()
-    roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
-    results = [count(root, repo, body, args, scratch) for root in roots]
-    print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
-          f"{args.requests} requests from {args.clients} connections)")
-    print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
-    for r in results:
-        print(f"{r['root'][-40:]:40s} {r['loop']:12,.0f} {r['others']:14,.0f} {r['all']:12,.0f} {r['batch']:11.1f}")
-    for r in results:
-        if len(r["processes"]) > 1:
-            print(f"\n{r['root']}, per process (event loop, whole process):")
-            for x in r["processes"]:
-                print(f"  {x['role']:16s} {x['loop']:12,.0f} {x['all']:12,.0f}")
-    if args.b_root:
-        a, b = results[:2]
-        print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")
-    if args.floor:
-        floor = results[-1]["loop"]
-        print("event loop / floor: " + ", ".join(f"{r['root']} {r['loop'] / floor:.2f}x" for r in results[:-1]))
-    if args.raw:
-        batch = max(1, round(results[0]["batch"]))
-        raw = raw_per_row(model_path("tiny"), args.settings, batch, LENGTH, scratch)
-        print(f"raw ONNX Runtime, batch {batch} of {LENGTH} steps, the server's session settings: {raw:,.0f} a row")
-        for r in results[: len(results) - (1 if args.floor else 0)]:
-            line = f"{r['root']}: process - raw {r['all'] - raw:,.0f} a request"
-            if args.floor:
-                line += f", {(r['all'] - raw) / results[-1]['all']:.2f}x the floor's (the overhead target, counted)"
-            print(line)
-    for r in results:
-        if r["top"]:
-            print(f"\n{r['root']}: event-loop thread, top functions (self)")
-            print("\n".join(r["top"]))
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        for f in scratch.glob("cg-*"):
-            shutil.move(f, args.keep / f.name)
-        print(f"\ncallgrind files kept in {args.keep}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+    with run_scratch("bench-instructions-") as scratch:
+        repo = model_path("tiny").parents[2]
+        body = (load.write_bodies(scratch, "fixed", "json", features=8, fixed=LENGTH) / "body1.bin").read_bytes()
+        roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
+        results = [count(root, repo, body, args, scratch) for root in roots]
+        print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
+              f"{args.requests} requests from {args.clients} connections)")
+        print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
+        for r in results:
+            print(f"{r['root'][-40:]:40s} {r['loop']:12,.0f} {r['others']:14,.0f} {r['all']:12,.0f} {r['batch']:11.1f}")
+        for r in results:
+            if len(r["processes"]) > 1:
+                print(f"\n{r['root']}, per process (event loop, whole process):")
+                for x in r["processes"]:
+                    print(f"  {x['role']:16s} {x['loop']:12,.0f} {x['all']:12,.0f}")
+        if args.b_root:
+            a, b = results[:2]
+            print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")
+        if args.floor:
+            floor = results[-1]["loop"]
+            print("event loop / floor: " + ", ".join(f"{r['root']} {r['loop'] / floor:.2f}x" for r in results[:-1]))
+        if args.raw:
+            batch = max(1, round(results[0]["batch"]))
+            raw = raw_per_row(model_path("tiny"), args.settings, batch, LENGTH, scratch)
+            print(f"raw ONNX Runtime, batch {batch} of {LENGTH} steps, the server's session settings: {raw:,.0f} a row")
+            for r in results[: len(results) - (1 if args.floor else 0)]:
+                line = f"{r['root']}: process - raw {r['all'] - raw:,.0f} a request"
+                if args.floor:
+                    line += f", {(r['all'] - raw) / results[-1]['all']:.2f}x the floor's (the overhead target, counted)"
+                print(line)
+        for r in results:
+            if r["top"]:
+                print(f"\n{r['root']}: event-loop thread, top functions (self)")
+                print("\n".join(r["top"]))
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for f in scratch.glob("cg-*"):
+                shutil.move(f, args.keep / f.name)
+            print(f"\ncallgrind files kept in {args.keep}")
+        return 0
 
 
 if __name__ == "__main__":

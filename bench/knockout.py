@@ -25,17 +25,16 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import load
-from .floor import decode_input
 from .__main__ import model_path
+from .floor import decode_input
+from .scratch import run_scratch
 
 
 class _Knock:
@@ -118,36 +117,36 @@ async def _main(args: argparse.Namespace) -> dict[str, list[float]]:
     from app.http.entry import entry as make_entry
     from app.server import create_app
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-knockout-"))
-    body = (load.write_bodies(scratch, "fixed", "json", features=8) / "body1.bin").read_bytes()
-    logs.setup("info")
-    app = create_app(Settings(model_repository=model_path(args.model).parents[2], access_log=True))
-    state = app.state.server
-    entry = make_entry(app, state, None)
-    await state.start_engine()
-    if args.engine == "instant":
-        answer = {"output": np.zeros((1, 1), np.float32)}
+    with run_scratch("bench-knockout-") as scratch:
+        body = (load.write_bodies(scratch, "fixed", "json", features=8) / "body1.bin").read_bytes()
+        logs.setup("info")
+        app = create_app(Settings(model_repository=model_path(args.model).parents[2], access_log=True))
+        state = app.state.server
+        entry = make_entry(app, state, None)
+        await state.start_engine()
+        if args.engine == "instant":
+            answer = {"output": np.zeros((1, 1), np.float32)}
 
-        async def submit_within(job: Any, timeout_s: float, why: str) -> Any:
-            await asyncio.sleep(0)  # the request still waits one loop turn for its "batch"
-            return Completed(answer, 16, 0.001, 0.005)
+            async def submit_within(job: Any, timeout_s: float, why: str) -> Any:
+                await asyncio.sleep(0)  # the request still waits one loop turn for its "batch"
+                return Completed(answer, 16, 0.001, 0.005)
 
-        state.engine.submit_within = submit_within
-    variants = _variants(entry, state)
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    try:
-        await _run(entry, body, args.requests)  # warm
-        for _ in range(args.rounds):
-            for name, knock_out in variants.items():
-                k = _Knock()
-                knock_out(k)
-                try:
-                    results[name].append(await _run(entry, body, args.requests))
-                finally:
-                    k.restore()
-    finally:
-        await state.engine.close(5)
-    return results
+            state.engine.submit_within = submit_within
+        variants = _variants(entry, state)
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        try:
+            await _run(entry, body, args.requests)  # warm
+            for _ in range(args.rounds):
+                for name, knock_out in variants.items():
+                    k = _Knock()
+                    knock_out(k)
+                    try:
+                        results[name].append(await _run(entry, body, args.requests))
+                    finally:
+                        k.restore()
+        finally:
+            await state.engine.close(5)
+        return results
 
 
 def main(argv: list[str] | None = None) -> int:

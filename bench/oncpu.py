@@ -22,7 +22,6 @@ import argparse
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from . import server as srvmod
 from .__main__ import model_path
 from .ab import thread_cpu
 from .overhead import Floor
+from .scratch import run_scratch
 
 _LIBRARIES = [  # (label, pattern on perf's dso column); first match wins
     ("Python interpreter (libpython)", re.compile(r"libpython|python3")),
@@ -96,33 +96,33 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"bench.oncpu: {why}")
         return 2
-    scratch = Path(tempfile.mkdtemp(prefix="bench-oncpu-"))
-    (scratch / "logs").mkdir()
-    bodies = load.write_bodies(scratch, "fixed", args.encoding, features=8)
-    repo = model_path("bench").parents[2]
-    floor = Floor()
-    try:
-        res = {"floor": sample(floor.pid, floor.pid, f"{floor.url}/v2/models/bench/infer", bodies, args.seconds,
-                               scratch, "floor")}
-    finally:
-        floor.stop()
-    srv = srvmod.start(repo, scratch / "logs", {"access_log": "true"})
-    try:
-        res["server"] = sample(srv.pid, srv.pid, f"{srv.url}/v2/models/bench/infer", bodies, args.seconds,
-                               scratch, "server")
-    finally:
-        srv.stop()
-    f, s = res["floor"], res["server"]
-    print(f"event-loop thread, CPU us/request ({args.encoding}, 32 connections; perf, on-CPU samples)")
-    print(f"{'':34s} {'floor':>8s} {'server':>8s} {'server - floor':>15s}")
-    labels = [name for name, _ in _LIBRARIES] + ["other"]
-    for label in labels:
-        a, b = f["libraries"].get(label, 0.0), s["libraries"].get(label, 0.0)
-        if a or b:
-            print(f"{label:34s} {a:8.1f} {b:8.1f} {b - a:+15.1f}")
-    print(f"{'all':34s} {f['us_per_req']:8.1f} {s['us_per_req']:8.1f} {s['us_per_req'] - f['us_per_req']:+15.1f}")
-    print(f"throughput: floor {f['req_s']:.0f} req/s, server {s['req_s']:.0f} req/s")
-    return 0
+    with run_scratch("bench-oncpu-") as scratch:
+        (scratch / "logs").mkdir()
+        bodies = load.write_bodies(scratch, "fixed", args.encoding, features=8)
+        repo = model_path("bench").parents[2]
+        floor = Floor()
+        try:
+            res = {"floor": sample(floor.pid, floor.pid, f"{floor.url}/v2/models/bench/infer", bodies, args.seconds,
+                                   scratch, "floor")}
+        finally:
+            floor.stop()
+        srv = srvmod.start(repo, scratch / "logs", {"access_log": "true"})
+        try:
+            res["server"] = sample(srv.pid, srv.pid, f"{srv.url}/v2/models/bench/infer", bodies, args.seconds,
+                                   scratch, "server")
+        finally:
+            srv.stop()
+        f, s = res["floor"], res["server"]
+        print(f"event-loop thread, CPU us/request ({args.encoding}, 32 connections; perf, on-CPU samples)")
+        print(f"{'':34s} {'floor':>8s} {'server':>8s} {'server - floor':>15s}")
+        labels = [name for name, _ in _LIBRARIES] + ["other"]
+        for label in labels:
+            a, b = f["libraries"].get(label, 0.0), s["libraries"].get(label, 0.0)
+            if a or b:
+                print(f"{label:34s} {a:8.1f} {b:8.1f} {b - a:+15.1f}")
+        print(f"{'all':34s} {f['us_per_req']:8.1f} {s['us_per_req']:8.1f} {s['us_per_req'] - f['us_per_req']:+15.1f}")
+        print(f"throughput: floor {f['req_s']:.0f} req/s, server {s['req_s']:.0f} req/s")
+        return 0
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from app.testing import ROOT, ServerProcess, free_port
 from . import load, proc
 from . import profile as prof
 from . import server as srvmod
+from .scratch import run_scratch
 from .suite import effective_settings, session_config
 
 RESULTS = ROOT / "bench" / "results"
@@ -181,77 +182,77 @@ def run(args: argparse.Namespace) -> dict:
     from .__main__ import model_path
 
     model = model_path(args.model)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    encodings = args.encodings.split(",")
-    bodies = {enc: load.write_bodies(scratch, "fixed", enc, features=8) for enc in encodings}
-    layouts = {n: s for n, s in LAYOUTS.items() if not args.only or n in args.only or n == "one process"}
-    if args.baseline:
-        layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
-        layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
-                                                                  "_root": str(args.baseline)}
-    rounds = []
-    for r in range(args.rounds):
-        load_before = os.getloadavg()
-        floor = Floor()
-        try:
-            load.run_wrk(f"{floor.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
-            fl = {enc: measure(floor, bodies[enc], 32, args.seconds, scratch, metrics=False)
-                  for enc in encodings if enc == "json"}
-        finally:
-            floor.stop()
-        bare = Floor("bench.floor", "--bare")
-        try:
-            load.run_wrk(f"{bare.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
-            fl["bare"] = measure(bare, bodies["json"], 32, args.seconds, scratch, metrics=False)
-        finally:
-            bare.stop()
-        curves: dict[str, dict] = {}
-        lean_key = json.dumps({"workers": 1}, sort_keys=True)
-        curves[lean_key] = raw_curve(model, {"workers": 1}, args.raw_seconds)
-        lean = Lean(model)
-        try:
-            load.run_wrk(f"{lean.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
-            rows0, batches0 = lean.batches()
-            ln = measure(lean, bodies["json"], 32, args.seconds, scratch, metrics=False)
-            rows1, batches1 = lean.batches()
-        finally:
-            lean.stop()
-        ln["mean_batch"] = (rows1 - rows0) / max(batches1 - batches0, 1)
-        add_overhead(ln, curves[lean_key], fl["json"]["cpu_us_per_req"])
-        row: dict[str, dict] = {}
-        for name, settings in layouts.items():
-            settings = dict(settings)
-            root = settings.pop("_root", None)
-            key = json.dumps({k: v for k, v in settings.items() if k != "engine"}, sort_keys=True)
-            if key not in curves:
-                curves[key] = raw_curve(model, settings, args.raw_seconds)
-            srv = srvmod.start(model.parents[2], scratch / "logs", {"access_log": str(args.access_log).lower(), **settings},
-                               root=Path(root) if root else None)
+    with run_scratch("bench-overhead-") as scratch:
+        encodings = args.encodings.split(",")
+        bodies = {enc: load.write_bodies(scratch, "fixed", enc, features=8) for enc in encodings}
+        layouts = {n: s for n, s in LAYOUTS.items() if not args.only or n in args.only or n == "one process"}
+        if args.baseline:
+            layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
+            layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
+                                                                      "_root": str(args.baseline)}
+        rounds = []
+        for r in range(args.rounds):
+            load_before = os.getloadavg()
+            floor = Floor()
             try:
-                load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)  # warm-up
-                d = {enc: measure(srv, bodies[enc], 32, args.seconds, scratch) for enc in encodings}
-                if name == "one process" and args.profile and r == 0:
-                    d["profile"] = profile(srv, bodies["json"], args.profile, scratch)
-                d["c1"] = measure(srv, bodies["json"], 1, max(args.seconds / 2, 2), scratch)
+                load.run_wrk(f"{floor.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+                fl = {enc: measure(floor, bodies[enc], 32, args.seconds, scratch, metrics=False)
+                      for enc in encodings if enc == "json"}
             finally:
-                srv.stop()
-            curve = curves[key]
-            for enc in encodings:
-                add_overhead(d[enc], curve, fl["json"]["cpu_us_per_req"])
-            d["raw_b1_p50_ms"] = at_batch(curve, 1, "p50_ms")
-            d["raw_b1_p50_ms_1caller"] = next(c["p50_ms"] for c in curve["cases"] if c["batch"] == 1 and c["callers"] == 1)
-            row[name] = d
-        one = row["one process"]["json"]["req_s"]
-        ratios = {n: d["json"]["req_s"] / one for n, d in row.items()}
-        rounds.append({"round": r + 1, "load_before": load_before, "floor": fl, "lean": ln, "raw": curves, "layouts": row,
-                       "req_s_vs_one_process": ratios})
-        print(json.dumps({"round": r + 1, "floor_us": fl["json"]["cpu_us_per_req"],
-                          "lean_overhead_x_floor": round(ln["overhead_x_floor"], 2),
-                          "overhead_x_floor": {n: round(d["json"]["overhead_x_floor"], 2) for n, d in row.items()},
-                          "vs_one": {n: round(v, 2) for n, v in ratios.items()}}), flush=True)
-    return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "model": args.model,
-            "access_log": args.access_log, "rounds": rounds}
+                floor.stop()
+            bare = Floor("bench.floor", "--bare")
+            try:
+                load.run_wrk(f"{bare.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+                fl["bare"] = measure(bare, bodies["json"], 32, args.seconds, scratch, metrics=False)
+            finally:
+                bare.stop()
+            curves: dict[str, dict] = {}
+            lean_key = json.dumps({"workers": 1}, sort_keys=True)
+            curves[lean_key] = raw_curve(model, {"workers": 1}, args.raw_seconds)
+            lean = Lean(model)
+            try:
+                load.run_wrk(f"{lean.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)
+                rows0, batches0 = lean.batches()
+                ln = measure(lean, bodies["json"], 32, args.seconds, scratch, metrics=False)
+                rows1, batches1 = lean.batches()
+            finally:
+                lean.stop()
+            ln["mean_batch"] = (rows1 - rows0) / max(batches1 - batches0, 1)
+            add_overhead(ln, curves[lean_key], fl["json"]["cpu_us_per_req"])
+            row: dict[str, dict] = {}
+            for name, settings in layouts.items():
+                settings = dict(settings)
+                root = settings.pop("_root", None)
+                key = json.dumps({k: v for k, v in settings.items() if k != "engine"}, sort_keys=True)
+                if key not in curves:
+                    curves[key] = raw_curve(model, settings, args.raw_seconds)
+                srv = srvmod.start(model.parents[2], scratch / "logs", {"access_log": str(args.access_log).lower(), **settings},
+                                   root=Path(root) if root else None)
+                try:
+                    load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies["json"], 32, 1, scratch)  # warm-up
+                    d = {enc: measure(srv, bodies[enc], 32, args.seconds, scratch) for enc in encodings}
+                    if name == "one process" and args.profile and r == 0:
+                        d["profile"] = profile(srv, bodies["json"], args.profile, scratch)
+                    d["c1"] = measure(srv, bodies["json"], 1, max(args.seconds / 2, 2), scratch)
+                finally:
+                    srv.stop()
+                curve = curves[key]
+                for enc in encodings:
+                    add_overhead(d[enc], curve, fl["json"]["cpu_us_per_req"])
+                d["raw_b1_p50_ms"] = at_batch(curve, 1, "p50_ms")
+                d["raw_b1_p50_ms_1caller"] = next(c["p50_ms"] for c in curve["cases"] if c["batch"] == 1 and c["callers"] == 1)
+                row[name] = d
+            one = row["one process"]["json"]["req_s"]
+            ratios = {n: d["json"]["req_s"] / one for n, d in row.items()}
+            rounds.append({"round": r + 1, "load_before": load_before, "floor": fl, "lean": ln, "raw": curves, "layouts": row,
+                           "req_s_vs_one_process": ratios})
+            print(json.dumps({"round": r + 1, "floor_us": fl["json"]["cpu_us_per_req"],
+                              "lean_overhead_x_floor": round(ln["overhead_x_floor"], 2),
+                              "overhead_x_floor": {n: round(d["json"]["overhead_x_floor"], 2) for n, d in row.items()},
+                              "vs_one": {n: round(v, 2) for n, v in ratios.items()}}), flush=True)
+        return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "cores": os.cpu_count(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "model": args.model,
+                "access_log": args.access_log, "rounds": rounds}
 
 
 def profile(srv: srvmod.Server, bodies: Path, seconds: float, scratch: Path) -> dict:

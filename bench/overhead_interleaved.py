@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from . import load
 from . import server as srvmod
 from .overhead import LAYOUTS, Floor, Lean, add_overhead, measure, raw_curve
+from .scratch import run_scratch
 
 FLOOR, BARE, LEAN = "floor", "bare floor", "batching floor"
 RAW = "raw ONNX Runtime"
@@ -49,62 +49,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .__main__ import model_path
 
     model = model_path(args.model)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-interleaved-"))
-    (scratch / "logs").mkdir()
-    bodies = load.write_bodies(scratch, "fixed", "json", features=8)
-    binary_bodies = load.write_bodies(scratch, "fixed", "binary", features=8)
-    layouts: dict[str, dict[str, Any]] = {n: dict(s) for n, s in LAYOUTS.items()
-                                          if not args.only or n in args.only or n == "one process"}
-    if args.baseline:
-        layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
-        layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
-                                                                  "_root": str(args.baseline)}
-    sessions = {_settings_key(s): {k: v for k, v in s.items() if k != "_root"} for s in [{"workers": 1}, *layouts.values()]}
-    curves = {key: raw_curve(model, s, args.raw_seconds) for key, s in sessions.items()}
-    targets: dict[str, Any] = {}
-    try:
-        targets[FLOOR] = Floor()
-        targets[BARE] = Floor("bench.floor", "--bare")
-        targets[LEAN] = Lean(model)
-        for name, settings in layouts.items():
-            s = {k: v for k, v in settings.items() if k != "_root"}
-            root = settings.get("_root")
-            targets[name] = srvmod.start(model.parents[2], scratch / "logs",
-                                         {"access_log": str(args.access_log).lower(), **s},
-                                         root=Path(root) if root else None)
-        for t in targets.values():
-            load.run_wrk(f"{t.url}/v2/models/bench/infer", bodies, 32, 2, scratch)  # warm
-        cycles = []
-        names = [*targets, BINARY, RAW]
-        for c in range(args.rounds):
-            order = names[c % len(names):] + names[:c % len(names)]
-            row: dict[str, dict[str, Any]] = {}
-            cycle_curves: dict[str, Any] = {}
-            for name in order:
-                if name == RAW:
-                    cycle_curves = {key: raw_curve(model, s, args.raw_cycle_seconds, RAW_BATCHES)
-                                    for key, s in sessions.items()}
-                    continue
-                t = targets["one process" if name == BINARY else name]
-                before = t.batches() if name == LEAN else None
-                m = measure(t, binary_bodies if name == BINARY else bodies, 32, args.seconds, scratch,
-                            metrics=name in layouts or name == BINARY)
-                if before is not None:
-                    rows, batches = (a - b for a, b in zip(t.batches(), before))
-                    m["mean_batch"] = rows / max(batches, 1)
-                row[name] = m
-            floor_us = derive(row, layouts, cycle_curves)
-            cycles.append({"cycle": c + 1, "load_before": os.getloadavg(), "targets": row, "raw": cycle_curves})
-            print(json.dumps({"cycle": c + 1, "floor_us": round(floor_us, 1),
-                              "overhead_x_floor": {n: round(row[n]["overhead_x_floor"], 2) for n in [LEAN, *layouts, BINARY]},
-                              "vs_one": {n: round(row[n]["vs_one_process"], 2) for n in layouts}}), flush=True)
-    finally:
-        for t in targets.values():
-            t.stop()
-    return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "mode": "interleaved",
-            "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds,
-            "model": args.model, "access_log": args.access_log, "layouts": list(layouts), "raw": curves,
-            "cycles": cycles}
+    with run_scratch("bench-overhead-interleaved-") as scratch:
+        (scratch / "logs").mkdir()
+        bodies = load.write_bodies(scratch, "fixed", "json", features=8)
+        binary_bodies = load.write_bodies(scratch, "fixed", "binary", features=8)
+        layouts: dict[str, dict[str, Any]] = {n: dict(s) for n, s in LAYOUTS.items()
+                                              if not args.only or n in args.only or n == "one process"}
+        if args.baseline:
+            layouts[f"one process, before ({args.baseline_label})"] = {"workers": 1, "_root": str(args.baseline)}
+            layouts[f"two copies, before ({args.baseline_label})"] = {"workers": 2, "engine": "per_worker",
+                                                                      "_root": str(args.baseline)}
+        sessions = {_settings_key(s): {k: v for k, v in s.items() if k != "_root"} for s in [{"workers": 1}, *layouts.values()]}
+        curves = {key: raw_curve(model, s, args.raw_seconds) for key, s in sessions.items()}
+        targets: dict[str, Any] = {}
+        try:
+            targets[FLOOR] = Floor()
+            targets[BARE] = Floor("bench.floor", "--bare")
+            targets[LEAN] = Lean(model)
+            for name, settings in layouts.items():
+                s = {k: v for k, v in settings.items() if k != "_root"}
+                root = settings.get("_root")
+                targets[name] = srvmod.start(model.parents[2], scratch / "logs",
+                                             {"access_log": str(args.access_log).lower(), **s},
+                                             root=Path(root) if root else None)
+            for t in targets.values():
+                load.run_wrk(f"{t.url}/v2/models/bench/infer", bodies, 32, 2, scratch)  # warm
+            cycles = []
+            names = [*targets, BINARY, RAW]
+            for c in range(args.rounds):
+                order = names[c % len(names):] + names[:c % len(names)]
+                row: dict[str, dict[str, Any]] = {}
+                cycle_curves: dict[str, Any] = {}
+                for name in order:
+                    if name == RAW:
+                        cycle_curves = {key: raw_curve(model, s, args.raw_cycle_seconds, RAW_BATCHES)
+                                        for key, s in sessions.items()}
+                        continue
+                    t = targets["one process" if name == BINARY else name]
+                    before = t.batches() if name == LEAN else None
+                    m = measure(t, binary_bodies if name == BINARY else bodies, 32, args.seconds, scratch,
+                                metrics=name in layouts or name == BINARY)
+                    if before is not None:
+                        rows, batches = (a - b for a, b in zip(t.batches(), before))
+                        m["mean_batch"] = rows / max(batches, 1)
+                    row[name] = m
+                floor_us = derive(row, layouts, cycle_curves)
+                cycles.append({"cycle": c + 1, "load_before": os.getloadavg(), "targets": row, "raw": cycle_curves})
+                print(json.dumps({"cycle": c + 1, "floor_us": round(floor_us, 1),
+                                  "overhead_x_floor": {n: round(row[n]["overhead_x_floor"], 2) for n in [LEAN, *layouts, BINARY]},
+                                  "vs_one": {n: round(row[n]["vs_one_process"], 2) for n in layouts}}), flush=True)
+        finally:
+            for t in targets.values():
+                t.stop()
+        return {"command": "python -m bench.overhead " + " ".join(sys.argv[1:]), "mode": "interleaved",
+                "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds,
+                "model": args.model, "access_log": args.access_log, "layouts": list(layouts), "raw": curves,
+                "cycles": cycles}
 
 
 def derive(row: dict[str, dict[str, Any]], layouts: dict[str, dict[str, Any]], curves: dict[str, Any]) -> float:

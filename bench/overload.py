@@ -26,15 +26,15 @@ import asyncio
 import json
 import random
 import statistics
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 
 from app.testing import ROOT, start_server
+
+from .scratch import run_scratch
 
 TOL = 1e-5
 
@@ -190,92 +190,93 @@ def main() -> None:
     args = ap.parse_args()
 
     raws, wants = build_requests(args.rows, args.steps)
-    srv = start_server(ROOT / "models", Path(tempfile.mkdtemp(prefix="overload-")), max_queue_size=args.queue,
-                       max_batch_size=min(args.queue, 32), access_log=False, max_connections=args.conns + 64)
-    out: dict[str, object] = {"settings": {"max_queue_size": args.queue, "rows_per_request": args.rows,
-                                           "max_steps": args.steps, "seconds": args.seconds, "factor": args.factor}}
-    try:
-        with httpx.Client(base_url=srv.url, timeout=10) as c:
-            for _ in range(20):
-                assert post(c, raws[0]).status_code == 200
-            idle = []
-            for k in range(50):
-                t0 = time.perf_counter()
-                post(c, raws[k % 64])
-                idle.append(time.perf_counter() - t0)
-        # the most 200s per second any closed loop gets (more connections only add refusals)
-        closed = {c: asyncio.run(closed_loop(srv.port, raws, c, args.probe_seconds)) for c in (2, 4, 8, 16)}
-        saturation = max(closed.values())
-        out["closed_loop_rps"] = {str(c): round(r, 1) for c, r in closed.items()}
-        rate = args.factor * saturation
-        rss_before = rss_mb(srv.pid)
-        peak = [rss_before]
-        stop = threading.Event()
+    with run_scratch("overload-") as logs:
+        srv = start_server(ROOT / "models", logs, max_queue_size=args.queue, max_batch_size=min(args.queue, 32),
+                           access_log=False, max_connections=args.conns + 64)
+        out: dict[str, object] = {"settings": {"max_queue_size": args.queue, "rows_per_request": args.rows,
+                                               "max_steps": args.steps, "seconds": args.seconds, "factor": args.factor}}
+        try:
+            with httpx.Client(base_url=srv.url, timeout=10) as c:
+                for _ in range(20):
+                    assert post(c, raws[0]).status_code == 200
+                idle = []
+                for k in range(50):
+                    t0 = time.perf_counter()
+                    post(c, raws[k % 64])
+                    idle.append(time.perf_counter() - t0)
+            # the most 200s per second any closed loop gets (more connections only add refusals)
+            closed = {c: asyncio.run(closed_loop(srv.port, raws, c, args.probe_seconds)) for c in (2, 4, 8, 16)}
+            saturation = max(closed.values())
+            out["closed_loop_rps"] = {str(c): round(r, 1) for c, r in closed.items()}
+            rate = args.factor * saturation
+            rss_before = rss_mb(srv.pid)
+            peak = [rss_before]
+            stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.is_set():
-                peak.append(rss_mb(srv.pid))
-                time.sleep(0.1)
+            def sample() -> None:
+                while not stop.is_set():
+                    peak.append(rss_mb(srv.pid))
+                    time.sleep(0.1)
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        t0 = time.perf_counter()
-        results = asyncio.run(open_loop(srv.port, raws, rate, args.seconds, args.conns))
-        load_s = time.perf_counter() - t0
-        stop.set()
-        sampler.join()
-        time.sleep(1.0)
-        rss_after = rss_mb(srv.pid)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            t0 = time.perf_counter()
+            results = asyncio.run(open_loop(srv.port, raws, rate, args.seconds, args.conns))
+            load_s = time.perf_counter() - t0
+            stop.set()
+            sampler.join()
+            time.sleep(1.0)
+            rss_after = rss_mb(srv.pid)
 
-        admitted = [r for r in results if r[1] == 200]
-        refused = [r for r in results if r[1] == 503]
-        lost = [r for r in results if r[1] not in (200, 503)]
-        wrong = 0
-        for idx, _, _, _, body in admitted:
-            doc = json.loads(body)
-            got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(doc["outputs"][0]["shape"])
-            wrong += not np.allclose(got, wants[idx % len(wants)], atol=TOL, rtol=0)
-        # recovery
-        with httpx.Client(base_url=srv.url, timeout=10) as c:
-            after, codes = [], []
-            for k in range(50):
-                t1 = time.perf_counter()
-                codes.append(post(c, raws[k % 64]).status_code)
-                after.append(time.perf_counter() - t1)
-            ready = c.get("/v2/health/ready").status_code
-            depth = [line for line in c.get("/metrics").text.splitlines() if line.startswith("lstm_serve_queue_depth{")]
-        ms = 1000.0
-        out.update({
-            "saturation_rps": round(saturation, 1),
-            "offered_rps": round(len(results) / load_s, 1),
-            "requests": len(results),
-            "admitted": len(admitted),
-            "refused_503": len(refused),
-            "lost": len(lost),
-            "lost_statuses": sorted({r[1] for r in lost}),
-            "refused_without_retry_after": sum(not r[3] for r in refused),
-            "admitted_wrong": wrong,
-            "admitted_p50_ms": round(pct([r[2] for r in admitted], 0.5) * ms, 1),
-            "admitted_p99_ms": round(pct([r[2] for r in admitted], 0.99) * ms, 1),
-            "refused_p50_ms": round(pct([r[2] for r in refused], 0.5) * ms, 1),
-            "refused_p99_ms": round(pct([r[2] for r in refused], 0.99) * ms, 1),
-            "rss_mb": {"before": round(rss_before, 1), "peak": round(max(peak), 1), "after": round(rss_after, 1)},
-            "idle_p50_ms": round(statistics.median(idle) * ms, 2),
-            "recovery": {"codes": sorted(set(codes)), "p50_ms": round(statistics.median(after) * ms, 2),
-                         "max_ms": round(max(after) * ms, 2), "ready": ready, "queue_depth": depth},
-        })
-        out["targets"] = {
-            "no_request_lost": not lost,
-            "every_503_has_retry_after": out["refused_without_retry_after"] == 0,
-            "refused_p99_le_1s": out["refused_p99_ms"] <= 1000,
-            "admitted_p99_le_3s": out["admitted_p99_ms"] <= 3000,
-            "admitted_exact": wrong == 0 and len(admitted) > 0,
-            "rss_growth_le_300mb": max(peak) - rss_before <= 300,
-            "recovered": set(codes) == {200} and ready == 200 and all(line.endswith(" 0.0") for line in depth),
-        }
-    finally:
-        srv.stop()
-    print(json.dumps(out, indent=1))
+            admitted = [r for r in results if r[1] == 200]
+            refused = [r for r in results if r[1] == 503]
+            lost = [r for r in results if r[1] not in (200, 503)]
+            wrong = 0
+            for idx, _, _, _, body in admitted:
+                doc = json.loads(body)
+                got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(doc["outputs"][0]["shape"])
+                wrong += not np.allclose(got, wants[idx % len(wants)], atol=TOL, rtol=0)
+            # recovery
+            with httpx.Client(base_url=srv.url, timeout=10) as c:
+                after, codes = [], []
+                for k in range(50):
+                    t1 = time.perf_counter()
+                    codes.append(post(c, raws[k % 64]).status_code)
+                    after.append(time.perf_counter() - t1)
+                ready = c.get("/v2/health/ready").status_code
+                depth = [line for line in c.get("/metrics").text.splitlines() if line.startswith("lstm_serve_queue_depth{")]
+            ms = 1000.0
+            out.update({
+                "saturation_rps": round(saturation, 1),
+                "offered_rps": round(len(results) / load_s, 1),
+                "requests": len(results),
+                "admitted": len(admitted),
+                "refused_503": len(refused),
+                "lost": len(lost),
+                "lost_statuses": sorted({r[1] for r in lost}),
+                "refused_without_retry_after": sum(not r[3] for r in refused),
+                "admitted_wrong": wrong,
+                "admitted_p50_ms": round(pct([r[2] for r in admitted], 0.5) * ms, 1),
+                "admitted_p99_ms": round(pct([r[2] for r in admitted], 0.99) * ms, 1),
+                "refused_p50_ms": round(pct([r[2] for r in refused], 0.5) * ms, 1),
+                "refused_p99_ms": round(pct([r[2] for r in refused], 0.99) * ms, 1),
+                "rss_mb": {"before": round(rss_before, 1), "peak": round(max(peak), 1), "after": round(rss_after, 1)},
+                "idle_p50_ms": round(statistics.median(idle) * ms, 2),
+                "recovery": {"codes": sorted(set(codes)), "p50_ms": round(statistics.median(after) * ms, 2),
+                             "max_ms": round(max(after) * ms, 2), "ready": ready, "queue_depth": depth},
+            })
+            out["targets"] = {
+                "no_request_lost": not lost,
+                "every_503_has_retry_after": out["refused_without_retry_after"] == 0,
+                "refused_p99_le_1s": out["refused_p99_ms"] <= 1000,
+                "admitted_p99_le_3s": out["admitted_p99_ms"] <= 3000,
+                "admitted_exact": wrong == 0 and len(admitted) > 0,
+                "rss_growth_le_300mb": max(peak) - rss_before <= 300,
+                "recovered": set(codes) == {200} and ready == 200 and all(line.endswith(" 0.0") for line in depth),
+            }
+        finally:
+            srv.stop()
+        print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

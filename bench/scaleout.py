@@ -24,12 +24,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import load, proc
 from . import server as srvmod
+from .scratch import run_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -77,38 +77,38 @@ def run(args: argparse.Namespace) -> dict:
     from .__main__ import model_path
 
     model = model_path(args.model)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
-    bodies = load.write_bodies(scratch, "fixed", "json", features=8)
-    rounds = []
-    for r in range(args.rounds):
-        raw = raw_batch1(model)
-        row: dict[str, dict] = {}
-        for name, settings in LAYOUTS.items():
-            srv = srvmod.start(model.parents[2], scratch / "logs", {"access_log": "false", **settings})
-            try:
-                load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, 32, 1, scratch)  # warm-up
-                row[name] = {
-                    "c32": measure(srv, bodies, 32, args.seconds, scratch),
-                    "c128": measure(srv, bodies, 128, args.seconds / 2, scratch),
-                    "c1": measure(srv, bodies, 1, args.seconds / 2, scratch),
-                }
-            finally:
-                srv.stop()
-        one, shared, copies = (row[n]["c32"] for n in ("one process", "shared engine", "two copies"))
-        ratios = {
-            "shared_vs_one": shared["req_s"] / one["req_s"],
-            "shared_vs_copies": shared["req_s"] / copies["req_s"],
-            "copies_vs_one": copies["req_s"] / one["req_s"],
-            "ipc_cpu_us_per_req_vs_copies": (shared["server_cpu_ms_per_req"] - copies["server_cpu_ms_per_req"]) * 1000,
-            "ipc_cpu_us_per_req_lone_vs_one": (row["shared engine"]["c1"]["server_cpu_ms_per_req"]
-                                               - row["one process"]["c1"]["server_cpu_ms_per_req"]) * 1000,
-            "ipc_added_latency_ms_lone": row["shared engine"]["c1"]["p50_ms"] - row["one process"]["c1"]["p50_ms"],
-            "lone_p50_minus_raw_b1_ms": {n: row[n]["c1"]["p50_ms"] - min(raw.values()) for n in LAYOUTS},
-        }
-        rounds.append({"round": r + 1, "raw_b1_p50_ms": raw, "layouts": row, "ratios": ratios})
-        print(json.dumps(rounds[-1]["ratios"]), flush=True)
-    return {"command": "python -m bench.scaleout " + " ".join(sys.argv[1:]), "cores": os.cpu_count(), "model": args.model,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "rounds": rounds}
+    with run_scratch("bench-scaleout-") as scratch:
+        bodies = load.write_bodies(scratch, "fixed", "json", features=8)
+        rounds = []
+        for r in range(args.rounds):
+            raw = raw_batch1(model)
+            row: dict[str, dict] = {}
+            for name, settings in LAYOUTS.items():
+                srv = srvmod.start(model.parents[2], scratch / "logs", {"access_log": "false", **settings})
+                try:
+                    load.run_wrk(f"{srv.url}/v2/models/bench/infer", bodies, 32, 1, scratch)  # warm-up
+                    row[name] = {
+                        "c32": measure(srv, bodies, 32, args.seconds, scratch),
+                        "c128": measure(srv, bodies, 128, args.seconds / 2, scratch),
+                        "c1": measure(srv, bodies, 1, args.seconds / 2, scratch),
+                    }
+                finally:
+                    srv.stop()
+            one, shared, copies = (row[n]["c32"] for n in ("one process", "shared engine", "two copies"))
+            ratios = {
+                "shared_vs_one": shared["req_s"] / one["req_s"],
+                "shared_vs_copies": shared["req_s"] / copies["req_s"],
+                "copies_vs_one": copies["req_s"] / one["req_s"],
+                "ipc_cpu_us_per_req_vs_copies": (shared["server_cpu_ms_per_req"] - copies["server_cpu_ms_per_req"]) * 1000,
+                "ipc_cpu_us_per_req_lone_vs_one": (row["shared engine"]["c1"]["server_cpu_ms_per_req"]
+                                                   - row["one process"]["c1"]["server_cpu_ms_per_req"]) * 1000,
+                "ipc_added_latency_ms_lone": row["shared engine"]["c1"]["p50_ms"] - row["one process"]["c1"]["p50_ms"],
+                "lone_p50_minus_raw_b1_ms": {n: row[n]["c1"]["p50_ms"] - min(raw.values()) for n in LAYOUTS},
+            }
+            rounds.append({"round": r + 1, "raw_b1_p50_ms": raw, "layouts": row, "ratios": ratios})
+            print(json.dumps(rounds[-1]["ratios"]), flush=True)
+        return {"command": "python -m bench.scaleout " + " ".join(sys.argv[1:]), "cores": os.cpu_count(), "model": args.model,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": args.seconds, "rounds": rounds}
 
 
 def report(res: dict) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import orjson
 
 from . import server as srvmod
+from .scratch import run_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -83,53 +83,53 @@ def main() -> None:
     from .__main__ import model_path
 
     model = model_path(args.model)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
-    rng = np.random.default_rng(0)
-    features = json.loads((model.parent / "model.json").read_text())["spec"]["input_size"] if (model.parent / "model.json").exists() else 8
-    srv = srvmod.start(model.parents[2], scratch, {"access_log": "false"})
-    stats: dict[str, dict] = {m: {"answers": 0, "wall": 0.0, "cpu": 0.0, "lat": []} for m in MODES}
-    finals: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
-    try:
-        for rep in range(args.repeats):
-            xs = [rng.standard_normal((HISTORY, features)).astype(np.float32) for _ in range(args.streams)]
-            for mode in MODES:
-                cpu0 = srv.cpu_s()
-                got, lat, wall = asyncio.run(run_mode(srv.url, mode, xs, 1 + rep * 100_000 + MODES.index(mode) * 10_000))
-                s = stats[mode]
-                s["cpu"] += srv.cpu_s() - cpu0
-                s["wall"] += wall
-                s["answers"] += len(lat)
-                s["lat"] += lat
-                finals[mode] += got
-    finally:
-        srv.stop()
-    worst = max(float(np.abs(a - b).max()) for m in MODES[:2] for a, b in zip(finals[m], finals["re-send history"]))
-    rows = {}
-    for mode, s in stats.items():
-        rows[mode] = {"answers_per_s": s["answers"] / s["wall"], "p50_ms": float(np.percentile(s["lat"], 50) * 1000),
-                      "p99_ms": float(np.percentile(s["lat"], 99) * 1000),
-                      "server_cpu_ms_per_answer": s["cpu"] * 1000 / s["answers"]}
-    base = rows["re-send history"]
-    res = {"command": "python -m bench.streaming", "streams": args.streams, "repeats": args.repeats, "model": args.model,
-           "history": HISTORY, "chunk": CHUNK, "max_abs_diff_vs_resend": worst, "modes": rows,
-           "ratios_vs_resend": {m: {"throughput": r["answers_per_s"] / base["answers_per_s"],
-                                    "server_cpu": r["server_cpu_ms_per_answer"] / base["server_cpu_ms_per_answer"]}
-                                for m, r in rows.items()}}
-    lines = [f"# Streaming: {HISTORY}-step histories in {CHUNK}-step chunks, {args.streams} streams at once "
-             f"(model `{args.model}`, same run)", "",
-             "| mode | answers/s | p50 ms | p99 ms | server CPU ms/answer | throughput vs re-send | CPU vs re-send |",
-             "|---|---|---|---|---|---|---|"]
-    for m, r in rows.items():
-        q = res["ratios_vs_resend"][m]
-        lines.append(f"| {m} | {r['answers_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['server_cpu_ms_per_answer']:.3f} | {q['throughput']:.2f}x | {q['server_cpu']:.2f}x |")
-    lines += ["", f"Final outputs of chunked modes against re-sending: max abs difference {worst:.2e}.", ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "streaming.json").write_text(json.dumps(res, indent=1))
-    (args.out / "streaming.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    if worst > 1e-4:
-        raise SystemExit(f"chunked answers differ from re-sent ones by {worst}")
+    with run_scratch("bench-streaming-") as scratch:
+        rng = np.random.default_rng(0)
+        features = json.loads((model.parent / "model.json").read_text())["spec"]["input_size"] if (model.parent / "model.json").exists() else 8
+        srv = srvmod.start(model.parents[2], scratch, {"access_log": "false"})
+        stats: dict[str, dict] = {m: {"answers": 0, "wall": 0.0, "cpu": 0.0, "lat": []} for m in MODES}
+        finals: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+        try:
+            for rep in range(args.repeats):
+                xs = [rng.standard_normal((HISTORY, features)).astype(np.float32) for _ in range(args.streams)]
+                for mode in MODES:
+                    cpu0 = srv.cpu_s()
+                    got, lat, wall = asyncio.run(run_mode(srv.url, mode, xs, 1 + rep * 100_000 + MODES.index(mode) * 10_000))
+                    s = stats[mode]
+                    s["cpu"] += srv.cpu_s() - cpu0
+                    s["wall"] += wall
+                    s["answers"] += len(lat)
+                    s["lat"] += lat
+                    finals[mode] += got
+        finally:
+            srv.stop()
+        worst = max(float(np.abs(a - b).max()) for m in MODES[:2] for a, b in zip(finals[m], finals["re-send history"]))
+        rows = {}
+        for mode, s in stats.items():
+            rows[mode] = {"answers_per_s": s["answers"] / s["wall"], "p50_ms": float(np.percentile(s["lat"], 50) * 1000),
+                          "p99_ms": float(np.percentile(s["lat"], 99) * 1000),
+                          "server_cpu_ms_per_answer": s["cpu"] * 1000 / s["answers"]}
+        base = rows["re-send history"]
+        res = {"command": "python -m bench.streaming", "streams": args.streams, "repeats": args.repeats, "model": args.model,
+               "history": HISTORY, "chunk": CHUNK, "max_abs_diff_vs_resend": worst, "modes": rows,
+               "ratios_vs_resend": {m: {"throughput": r["answers_per_s"] / base["answers_per_s"],
+                                        "server_cpu": r["server_cpu_ms_per_answer"] / base["server_cpu_ms_per_answer"]}
+                                    for m, r in rows.items()}}
+        lines = [f"# Streaming: {HISTORY}-step histories in {CHUNK}-step chunks, {args.streams} streams at once "
+                 f"(model `{args.model}`, same run)", "",
+                 "| mode | answers/s | p50 ms | p99 ms | server CPU ms/answer | throughput vs re-send | CPU vs re-send |",
+                 "|---|---|---|---|---|---|---|"]
+        for m, r in rows.items():
+            q = res["ratios_vs_resend"][m]
+            lines.append(f"| {m} | {r['answers_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['server_cpu_ms_per_answer']:.3f} | {q['throughput']:.2f}x | {q['server_cpu']:.2f}x |")
+        lines += ["", f"Final outputs of chunked modes against re-sending: max abs difference {worst:.2e}.", ""]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "streaming.json").write_text(json.dumps(res, indent=1))
+        (args.out / "streaming.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        if worst > 1e-4:
+            raise SystemExit(f"chunked answers differ from re-sent ones by {worst}")
 
 
 if __name__ == "__main__":

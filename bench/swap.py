@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from . import server as srvmod
 from .__main__ import model_path
+from .scratch import run_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -101,15 +101,14 @@ def main() -> None:
     results = []
     for rnd in range(args.rounds):
         for workers in (1, 2):
-            scratch = Path(tempfile.mkdtemp(prefix="bench-swap-"))
-            repo = scratch / "repo"
-            shutil.copytree(source.parent, repo / "bench" / "1")
-            srv = srvmod.start(repo, scratch / "logs", {"workers": workers, "model_control_mode": "explicit"})
-            try:
-                r = asyncio.run(_run(srv.url, repo, args.clients, args.steady_s))
-            finally:
-                srv.stop()
-                shutil.rmtree(scratch, ignore_errors=True)
+            with run_scratch("bench-swap-") as scratch:
+                repo = scratch / "repo"
+                shutil.copytree(source.parent, repo / "bench" / "1")
+                srv = srvmod.start(repo, scratch / "logs", {"workers": workers, "model_control_mode": "explicit"})
+                try:
+                    r = asyncio.run(_run(srv.url, repo, args.clients, args.steady_s))
+                finally:
+                    srv.stop()
             r = {"round": rnd + 1, "workers": workers, "clients": args.clients, **r}
             results.append(r)
             print(json.dumps(r))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -89,8 +90,11 @@ def test_ab_bench_alternates_two_settings_and_reports_ratios(tmp_path: Path, int
     pytest.importorskip("torch")  # the bench exports its model
     cmd = [sys.executable, "-m", "bench.ab", "--b", '{"max_batches_in_flight": 2}', "--model", "tiny",
            "--rounds", "2" if interleave else "1", "--seconds", "1", *(["--interleave"] if interleave else [])]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, "TMPDIR": str(tmp)})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not list(tmp.glob("bench-ab-*")), "a run that went well leaves its scratch folder behind"
     assert "round 1 A:" in p.stdout and "round 1 B:" in p.stdout and "errors 0" in p.stdout
     ratio = re.search(r"B/A req_s: median ([0-9.]+)", p.stdout)
     assert ratio and float(ratio.group(1)) > 0, p.stdout
