@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, key in keys:
             ratios = [b[key] / a[key] for a, b in pairs]
             print(f"B/A {label}: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
-        return 1 if any(r["errors"] for r in rows) else 0
+        if any(r["errors"] for r in rows):
+            raise SystemExit(1)  # a failed run: its server logs stay (run_scratch)
+        return 0
 
 
 def _rounds(args: argparse.Namespace, settings: dict[str, dict[str, Any]], servers: dict[str, srvmod.Server],

@@ -22,12 +22,17 @@ def run_scratch(prefix: str) -> Iterator[Path]:
     """A fresh folder for one run, removed after it unless the run failed (or
     ``BENCH_KEEP_SCRATCH`` is set)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
     try:
         yield path
-    except BaseException:
-        print(f"bench: kept {path} (the failed run's server logs and bodies)", file=sys.stderr)
+        ok = True
+    except SystemExit as e:  # a module's own exit: its status says how the run went
+        ok = e.code in (0, None)
         raise
-    if os.environ.get("BENCH_KEEP_SCRATCH"):
-        print(f"bench: kept {path} (BENCH_KEEP_SCRATCH)", file=sys.stderr)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if not ok:
+            print(f"bench: kept {path} (the failed run's server logs and bodies)", file=sys.stderr)
+        elif os.environ.get("BENCH_KEEP_SCRATCH"):
+            print(f"bench: kept {path} (BENCH_KEEP_SCRATCH)", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)

@@ -40,3 +40,13 @@ def test_keep_asked_for_keeps_a_good_run_too(tmp_root: Path, monkeypatch: pytest
     with run_scratch("bench-t-") as scratch:
         (scratch / "body1.bin").write_bytes(b"{}")
     assert (scratch / "body1.bin").exists() and f"kept {scratch}" in capsys.readouterr().err
+
+
+def test_an_exit_with_an_error_status_keeps_it_and_a_clean_exit_does_not(tmp_root: Path) -> None:
+    with pytest.raises(SystemExit):
+        with run_scratch("bench-t-") as failed:
+            raise SystemExit(1)
+    with pytest.raises(SystemExit):
+        with run_scratch("bench-t-") as clean:
+            raise SystemExit(0)
+    assert failed.exists() and not clean.exists()
