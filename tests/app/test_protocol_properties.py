@@ -56,8 +56,9 @@ def runs(sess, spec: ModelSpec, body: bytes, header: str | None) -> None:
     assert ((seq.lengths >= 1) & (seq.lengths <= seq.t)).all()
     assert set(req.outputs) <= set(spec.output_names) and req.binary_outputs <= set(req.outputs)
     feeds = contract.feeds(spec, seq.x, seq.lengths, seq.initial_h, seq.initial_c)
-    out = sess.run(list(req.outputs), feeds)
-    for name, o in zip(req.outputs, out, strict=True):
+    wanted = list(req.outputs) or list(spec.output_names)  # "outputs": [] asks for none; ORT's run([]) gives all
+    out = sess.run(wanted, feeds)
+    for name, o in zip(wanted, out, strict=True):
         batch_axis = 1 if name in (contract.FINAL_H, contract.FINAL_C) else 0  # [layers, batch, hidden]
         assert o.shape[batch_axis] == seq.n and np.isfinite(o).all(), name
 
@@ -163,7 +164,7 @@ def test_a_valid_request_decodes_and_runs(demo) -> None:
 
 
 # -- the common request's one-pass path (codec.common_request) against the general decoder -------
-odd_values = st.sampled_from([True, False, None, "1.5", "x", "]", [0.5], {"a": 1}, 1e39, -3.5e38, 2**24, -(2**24),
+odd_values = st.sampled_from([True, False, None, "1.5", "x", "]", [0.5], [], {"a": 1}, 1e39, 1e308, -3.5e38, 2**24, -(2**24),
                               2**24 - 1, 2**53 + 2**29 + 1, 2**70, 0, 1, 0.0, 1.0, -0.0, 16777215.5])
 sneaky_ids = st.sampled_from(['x"data', 'x"data":[', "r", "f", "plain", 'a"b', "]", "d\\u0061ta"])
 COMMON = {"taken": 0, "declined": 0}
@@ -239,9 +240,9 @@ def test_the_common_path_takes_only_what_the_general_path_accepts_and_answers_th
     from app.http.codec import common_request, decode_document
 
     spec = demo[1]
-    doc = orjson.loads(body)  # as the server parses it (orjson reads an integer past 64 bits as a float)
+    # as the server parses it (orjson reads an integer past 64 bits as a float)
     general = _outcome(decode_document, orjson.loads(body), memoryview(b""), spec, LIMITS)
-    fast = common_request(body, doc, spec, LIMITS)
+    fast = common_request(body, spec, LIMITS)
     COMMON["taken" if fast is not None else "declined"] += 1
     if fast is not None:
         assert not isinstance(general, str), f"the common path took what the general path refuses: {general}"
@@ -262,6 +263,27 @@ def test_a_plain_request_takes_the_common_path(demo) -> None:
     values = np.random.default_rng(0).standard_normal(2 * 3 * 4).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 4], "datatype": "FP32", "data": values.tolist()}],
                        "outputs": [{"name": "output"}], "id": "req-1"}).encode()
-    req = common_request(body, orjson.loads(body), spec, LIMITS)
+    req = common_request(body, spec, LIMITS)
     assert req is not None and req.id == "req-1" and req.outputs == ("output",)
     assert np.array_equal(req.sequences.x, values.reshape(2, 3, 4)) and req.sequences.lengths.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("data_text", [
+    "[[0.5, 1, 2, 3], [4, 5, 6, 7]]",  # nested: simdjson's buffer would flatten it
+    "[0.5, 1, 2, 3, 4, 5, 6, 7], \"data\": [9, 9, 9, 9, 9, 9, 9, 9]",  # a duplicate key: orjson keeps the last
+    "[0.5, 1, 2, 3, 4, 5, 6, 99999999999999999999999]",  # past 64 bits: simdjson raises, orjson reads a float
+    "[0.5, 1, 2, 3, 4, 5, 6, 1e400]",  # past float64
+    "[0.5, 1, 2, 3, 4, 5, 6, null]",
+    "[0.5, 1, 2, 3, 4, 5, 6, true]",
+])
+def test_the_common_path_declines_what_its_parser_would_read_otherwise(demo, data_text: str) -> None:
+    from app.http.codec import common_request, decode_document
+
+    spec = demo[1]
+    body = ('{"inputs": [{"name": "input", "shape": [1, 2, 4], "datatype": "FP32", "data": ' + data_text + "}]}").encode()
+    assert common_request(body, spec, LIMITS) is None
+    try:
+        general = _outcome(decode_document, orjson.loads(body), memoryview(b""), spec, LIMITS)
+    except orjson.JSONDecodeError as exc:
+        general = f"malformed JSON: {exc}"
+    assert _same(_outcome(decode_request, body, None, spec, LIMITS), general)
