@@ -221,9 +221,10 @@ def common_request(body: bytes, spec: ModelSpec, limits: Limits) -> InferRequest
     the values' text is cut out of the body, the rest (the small skeleton) is parsed by orjson
     and checked as before, and the values are parsed by simdjson directly into a float64 buffer
     (``Array.as_buffer``: no object per value). The bench body (400 values, 7.9 KB) decodes in
-    9.8 us against 18.5 (``timeit``). The general path's own numpy passes and rule-by-rule glue
-    cost 20-40 us a request more than the floor's bare decode (``python -m bench.knockout``), so
-    this path accepts only what the general path accepts, with the same array. What it requires:
+    9.8 us against 18.5 (``timeit``). (A path of its own at all because the general path's numpy
+    passes and rule-by-rule glue cost 20-40 us a request more than the floor's bare decode:
+    ``python -m bench.knockout``.) It accepts only what the general path accepts, with the same
+    array. What it requires:
 
     * the document: one ``input`` entry (name, shape, datatype FP32, data), at most ``outputs``
       (names only) and an ``id`` besides; the shape [n, t, features] within the model and the
