@@ -2,8 +2,9 @@
 
 Why a helper: each run used to leave its ``tempfile.mkdtemp`` folder behind, dozens in /tmp
 after a day of A/B pairs. The folder is removed when the run ends normally and kept, its path
-printed, when the run fails or is interrupted: then the server logs in it are what explains
-why. ``BENCH_KEEP_SCRATCH=1`` keeps it after a run that went well too.
+printed, when the run fails, is interrupted or exits with an error status: then the server
+logs in it are what explains why. ``BENCH_KEEP_SCRATCH=1`` keeps it after a run that went
+well too.
 """
 
 from __future__ import annotations
