@@ -44,7 +44,7 @@ from app.v2.errors import InvalidInput
 from app.v2.request import V2_DTYPES, V2_NAMES, InferRequest, Limits
 from app.v2.sequences import Sequences
 
-__all__ = ["HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "common_request",
+__all__ = ["DATA_KEY", "HEADER_LENGTH", "V2_DTYPES", "InferRequest", "Limits", "check_declared_limits", "common_request",
            "decode_document", "decode_request", "encode_response", "json_values"]
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -207,7 +207,7 @@ def decode_request(
 _COMMON_KEYS = frozenset({"inputs", "outputs", "id"})
 _COMMON_ENTRY = frozenset({"name", "shape", "datatype", "data"})
 _COMMON_OUTPUT = frozenset({"name"})
-_DATA_KEY = re.compile(rb'"data"\s*:\s*\[')
+DATA_KEY = re.compile(rb'"data"\s*:\s*\[')  # a ``data`` key and its array's ``[`` (decoding's slices too)
 _EXACT = float(2**24)  # every integer below it is exact in float32, whichever way it is converted
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # ``x.min()`` less its Python wrapper
 
@@ -243,7 +243,7 @@ def common_request(body: bytes, spec: ModelSpec, limits: Limits) -> InferRequest
 
     A property test holds the two paths to the same answers (tests/app/test_protocol_properties.py)."""
     at = body.find(b'"data"')
-    key = _DATA_KEY.match(body, at) if at >= 0 else None
+    key = DATA_KEY.match(body, at) if at >= 0 else None
     if key is None:
         return None
     start = key.end()

@@ -27,7 +27,6 @@ process-wide: at 32 clients of small requests the short interval cost a few per 
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import sys
 from types import TracebackType
@@ -45,7 +44,6 @@ THRESHOLD = 512 * 1024
 SLICE = 64 * 1024
 # What a cut-out array is replaced with in the skeleton: a string no client can guess.
 _MARK = "\x00lstm-serve-" + secrets.token_hex(8) + "-"
-_KEY = re.compile(rb'"data"\s*:\s*\[')
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -98,7 +96,7 @@ def _skeleton(body: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], t
     spans: list[tuple[int, int]] = []
     pos = 0
     while (found := body.find(b'"data"', pos)) >= 0:
-        m = _KEY.match(body, found)
+        m = codec.DATA_KEY.match(body, found)
         pos = found + 6
         if m is None:
             continue
