@@ -163,22 +163,26 @@ def test_a_valid_request_decodes_and_runs(demo) -> None:
     assert req.sequences.lengths.tolist() == [3, 1]
 
 
-# -- the common request's one-pass path (codec.common_request) against the general decoder -------
+# -- the common requests' paths (codec.common_request, codec.common_binary_request) against the general decoder --
 odd_values = st.sampled_from([True, False, None, "1.5", "x", "]", [0.5], [], {"a": 1}, 1e39, 1e308, -3.5e38, 2**24, -(2**24),
                               2**24 - 1, 2**53 + 2**29 + 1, 2**70, 0, 1, 0.0, 1.0, -0.0, 16777215.5])
+odd_floats = st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e39, -3.5e38, 3.4e38, -0.0, 2.0**-149])
 sneaky_ids = st.sampled_from(['x"data', 'x"data":[', "r", "f", "plain", 'a"b', "]", "d\\u0061ta"])
-COMMON = {"taken": 0, "declined": 0}
+odd_flags = st.sampled_from([None, 1, 0, "true", [], {}])
+COMMON = {f"{encoding} {outcome}": 0 for encoding in ("json", "binary") for outcome in ("taken", "declined")}
 
 
 @st.composite
-def common_documents(draw: st.DrawFn, features: int = 4) -> bytes:
-    """Requests of the common shape, about half valid and the rest broken or disguised in one
-    place: an odd value among the data (booleans, nulls, numeric strings, nested items, huge or
-    inexact numbers), a shape off the limits or the model, a wrong count, nesting, extra or odd
-    keys, outputs, ids that try to fake the data key, a data key spelled with an escape. Any of
-    them, valid or not, with odd ids, outputs, key order and spacing."""
-    broken = draw(st.sampled_from([None] * 8 + ["value", "n", "t", "f", "count", "nested", "name", "shape",
-                                                "datatype", "entry-params", "outputs", "doc-params", "escaped-key"]))
+def common_documents(draw: st.DrawFn, binary: bool, features: int = 4) -> tuple[bytes, str | None]:
+    """Requests of the common shape, JSON or binary (the body and its header length, None for
+    JSON), about half valid and the rest broken or disguised in one place: an odd value among
+    the data (booleans, nulls, numeric strings, nested items, huge or inexact numbers; NaN and
+    infinities in binary), a shape off the limits or the model, a wrong count or binary size,
+    nesting, extra or odd keys, outputs and flags, ids that try to fake the data key, a data key
+    spelled with an escape. Any of them, valid or not, with odd ids, outputs, binary flags, key
+    order and spacing."""
+    broken = None if draw(st.booleans()) else draw(st.sampled_from([
+        "value", "n", "t", "f", "count", "nested", "name", "shape", "datatype", "entry-params", "outputs", "doc-params", "escaped-key"]))
     n = draw(st.integers(1, LIMITS.max_batch_size)) if broken != "n" else draw(st.sampled_from([0, LIMITS.max_batch_size + 1]))
     t = draw(st.integers(1, LIMITS.max_sequence_length)) if broken != "t" else draw(st.sampled_from([0, LIMITS.max_sequence_length + 1]))
     f = features if broken != "f" else draw(st.sampled_from([features - 1, features + 1]))
@@ -186,7 +190,7 @@ def common_documents(draw: st.DrawFn, features: int = 4) -> bytes:
     values = draw(st.lists(st.floats(-1e3, 1e3, width=32) | st.integers(-(2**24) + 1, 2**24 - 1) | st.sampled_from([0, 1, 0.0, 1.0, -0.0]),
                            min_size=count, max_size=count))
     if broken == "value" and values:
-        values[draw(st.integers(0, len(values) - 1))] = draw(odd_values)
+        values[draw(st.integers(0, len(values) - 1))] = draw(odd_floats if binary else odd_values)
     data: object = values
     if broken == "nested" and count:
         data = [values[i:i + f] for i in range(0, count, f)]
@@ -194,26 +198,53 @@ def common_documents(draw: st.DrawFn, features: int = 4) -> bytes:
         data = draw(st.sampled_from([values[:-1], [*values, 0.5]]))
     entry: dict = {"name": "input" if broken != "name" else "bogus",
                    "shape": [n, t, f] if broken != "shape" else draw(st.sampled_from([[n, t], [n, t, f, 1], [n, t, str(f)], [n, t, True]])),
-                   "datatype": "FP32" if broken != "datatype" else draw(st.sampled_from(["FP64", "INT32", "fp32"])), "data": data}
-    if broken == "entry-params":
-        entry["parameters"] = {}
+                   "datatype": "FP32" if broken != "datatype" else draw(st.sampled_from(["FP64", "INT32", "fp32"]))}
+    blob = b""
+    if binary:
+        with np.errstate(over="ignore"):
+            blob = np.asarray(data if broken != "nested" else values, "<f4").tobytes()
+        size: object = len(blob)
+        if broken == "count":  # the declared size off the data, or bytes past it (the data off the shape is the case above)
+            size = draw(st.sampled_from([len(blob) + 4, len(blob) - 4, str(len(blob)), float(len(blob)), None, True, "trailing"]))
+            if size == "trailing":
+                blob, size = blob + b"\0\0\0\0", len(blob)
+        entry["parameters"] = {"binary_data_size": size}
+        if broken == "nested":
+            entry["data"] = values  # both data and binary_data_size
+        elif broken == "entry-params":
+            entry["parameters"]["binary_data"] = True
+    else:
+        entry["data"] = data
+        if broken == "entry-params":
+            entry["parameters"] = {}
     doc: dict = {"inputs": [entry]}
     if broken == "outputs":
-        doc["outputs"] = draw(st.sampled_from([[{"name": "bogus"}], [{"name": "output", "parameters": {"binary_data": False}}],
+        doc["outputs"] = draw(st.sampled_from([[{"name": "bogus"}], [{"name": "output", "parameters": {"binary_data": "true"}}],
+                                               [{"name": "output", "parameters": {"binary_data": True, "x": 1}}],
+                                               [{"name": "output", "parameters": []}], [{"name": "output", "x": 1}],
                                                "output", [["output"]]]))
     elif draw(st.booleans()):
         doc["outputs"] = draw(st.sampled_from([[{"name": "output"}], [{"name": "output"}, {"name": "output"}],
                                                [{"name": "final_h"}, {"name": "output"}], []]))
+        for out in doc["outputs"]:
+            if draw(st.booleans()):  # as tritonclient writes them, or odd but accepted ({}, null)
+                out["parameters"] = draw(st.sampled_from([{"binary_data": True}, {"binary_data": False}, {}, None,
+                                                          {"binary_data": None}]))
+    if broken == "doc-params":
+        doc["parameters"] = draw(st.sampled_from([{"binary_data_output": flag} for flag in (1, "true", [])]
+                                                 + [{"sequence_id": 0}, {"binary_data_output": True, "x": 1}, []]))
+    elif draw(st.booleans()):
+        doc["parameters"] = draw(st.sampled_from([{"binary_data_output": True}, {"binary_data_output": False}, {},
+                                                  {"binary_data_output": None}, None]))
     if draw(st.booleans()):
         doc["id"] = draw(sneaky_ids | st.integers(0, 3))
-    if broken == "doc-params":
-        doc["parameters"] = {}
     if draw(st.booleans()):
         doc = dict(reversed(list(doc.items())))  # the id first: its text before the data's
     text = json.dumps(doc, separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " : ")])))
     if broken == "escaped-key":
-        text = text.replace('"data"', '"d\\u0061ta"')
-    return text.encode()
+        text = text.replace('"data"', '"d\\u0061ta"').replace('"binary_data_size"', '"binary_d\\u0061ta_size"')
+    header = text.encode()
+    return (header + blob, str(len(header))) if binary else (header, None)
 
 
 def _outcome(fn, *args):  # type: ignore[no-untyped-def]
@@ -235,25 +266,36 @@ def _same(a: object, b: object) -> bool:
 
 
 @SETTINGS
-@given(body=common_documents())
-def test_the_common_path_takes_only_what_the_general_path_accepts_and_answers_the_same(demo, body: bytes) -> None:
-    from app.http.codec import common_request, decode_document
+@given(req=common_documents(binary=False))
+def test_the_common_json_path_takes_only_what_the_general_path_accepts_and_answers_the_same(demo, req: tuple[bytes, str | None]) -> None:
+    _common_against_general(demo[1], *req)
 
-    spec = demo[1]
+
+@SETTINGS
+@given(req=common_documents(binary=True))
+def test_the_common_binary_path_takes_only_what_the_general_path_accepts_and_answers_the_same(demo, req: tuple[bytes, str | None]) -> None:
+    _common_against_general(demo[1], *req)
+
+
+def _common_against_general(spec: ModelSpec, body: bytes, header: str | None) -> None:
+    from app.http.codec import common_binary_request, common_request, decode_document
+
+    at = len(body) if header is None else int(header)
     # as the server parses it (orjson reads an integer past 64 bits as a float)
-    general = _outcome(decode_document, orjson.loads(body), memoryview(b""), spec, LIMITS)
-    fast = common_request(body, spec, LIMITS)
-    COMMON["taken" if fast is not None else "declined"] += 1
+    doc, binary = orjson.loads(body[:at]), memoryview(body)[at:]
+    general = _outcome(decode_document, doc, binary, spec, LIMITS)
+    fast = common_request(body, spec, LIMITS) if header is None else common_binary_request(doc, binary, spec, LIMITS)
+    COMMON[f"{'json' if header is None else 'binary'} {'taken' if fast is not None else 'declined'}"] += 1
     if fast is not None:
         assert not isinstance(general, str), f"the common path took what the general path refuses: {general}"
         assert _same(fast, general)
     # and what a client sees, through the one entry point, is the general path's answer
-    assert _same(_outcome(decode_request, body, None, spec, LIMITS), general)
+    assert _same(_outcome(decode_request, body, header, spec, LIMITS), general)
 
 
 def test_the_common_strategy_exercises_both_outcomes() -> None:
-    print(f"common path: {COMMON['taken']} taken, {COMMON['declined']} declined")
-    assert COMMON["taken"] >= EXAMPLES // 10 and COMMON["declined"] >= EXAMPLES // 4, COMMON
+    print(f"common paths: {COMMON}")
+    assert all(v >= EXAMPLES // 10 for v in COMMON.values()), COMMON
 
 
 def test_a_plain_request_takes_the_common_path(demo) -> None:
@@ -266,6 +308,30 @@ def test_a_plain_request_takes_the_common_path(demo) -> None:
     req = common_request(body, spec, LIMITS)
     assert req is not None and req.id == "req-1" and req.outputs == ("output",)
     assert np.array_equal(req.sequences.x, values.reshape(2, 3, 4)) and req.sequences.lengths.tolist() == [3, 3]
+
+
+def test_tritonclients_binary_requests_take_the_common_binary_path(demo) -> None:
+    import tritonclient.http as triton
+
+    from app.http.codec import common_binary_request
+
+    spec = demo[1]
+    values = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    tensor = triton.InferInput("input", [2, 3, 4], "FP32")
+    tensor.set_data_from_numpy(values)  # binary by default
+    for outputs, request_id, binary in (
+        (None, "", set(spec.output_names)),  # no outputs named: tritonclient asks for all of them in binary
+        ([triton.InferRequestedOutput("output")], "req-1", {"output"}),
+        ([triton.InferRequestedOutput("output", binary_data=False)], "", set()),
+    ):
+        body, at = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs, request_id=request_id)
+        assert at is not None
+        req = common_binary_request(orjson.loads(body[:at]), memoryview(body)[at:], spec, LIMITS)
+        assert req is not None, body[:at]
+        assert req.id == (request_id or None) and req.binary_outputs == binary
+        assert req.outputs == (spec.output_names if outputs is None else ("output",))
+        assert np.array_equal(req.sequences.x, values) and req.sequences.lengths.tolist() == [3, 3]
+        assert _same(req, decode_request(body, str(at), spec, LIMITS))
 
 
 @pytest.mark.parametrize("data_text", [
@@ -287,3 +353,34 @@ def test_the_common_path_declines_what_its_parser_would_read_otherwise(demo, dat
     except orjson.JSONDecodeError as exc:
         general = f"malformed JSON: {exc}"
     assert _same(_outcome(decode_request, body, None, spec, LIMITS), general)
+
+
+@pytest.mark.parametrize("case", ["trailing bytes", "short", "nan", "inf", "size as text", "both data and size",
+                                  "sequence parameters"])
+def test_the_common_binary_path_declines_what_the_general_path_reads_otherwise(demo, case: str) -> None:
+    from app.http.codec import common_binary_request, decode_document
+
+    spec = demo[1]
+    values = np.arange(8, dtype="<f4")
+    if case in ("nan", "inf"):
+        values[3] = float(case)
+    blob = values.tobytes()
+    entry: dict = {"name": "input", "shape": [1, 2, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(blob)}}
+    doc: dict = {"inputs": [entry]}
+    if case == "trailing bytes":
+        blob += b"\0" * 4
+    elif case == "short":
+        blob = blob[:-4]
+        entry["parameters"]["binary_data_size"] = len(blob)
+    elif case == "size as text":
+        entry["parameters"]["binary_data_size"] = str(len(blob))
+    elif case == "both data and size":
+        entry["data"] = values.tolist()
+    elif case == "sequence parameters":
+        doc["parameters"] = {"sequence_id": 7, "sequence_start": True}
+    header = orjson.dumps(doc)
+    body = header + blob
+    assert common_binary_request(doc, memoryview(blob), spec, LIMITS) is None
+    general = _outcome(decode_document, doc, memoryview(blob), spec, LIMITS)
+    assert isinstance(general, str) == (case != "sequence parameters"), general  # each refused, but the stream runs
+    assert _same(_outcome(decode_request, body, str(len(header)), spec, LIMITS), general)
