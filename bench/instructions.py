@@ -57,10 +57,12 @@ _INFER = "/v2/models/bench/infer"
 LENGTH = 50  # steps a request (the benchmark's fixed mix)
 
 
-async def drive(port: int, body: bytes, requests: int, clients: int) -> None:
-    """``requests`` JSON inference requests over ``clients`` keep-alive connections, each
-    sending its next request once its last is answered; every answer must be a 200."""
-    head = (f"POST {_INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+async def drive(port: int, body: bytes, requests: int, clients: int, header_length: int = 0) -> None:
+    """``requests`` inference requests over ``clients`` keep-alive connections, each sending its
+    next request once its last is answered; every answer must be a 200. ``header_length``: the
+    body is a binary-extension request whose JSON header is that long (0: plain JSON)."""
+    binary = f"inference-header-content-length: {header_length}\r\n" if header_length else ""
+    head = (f"POST {_INFER} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{binary}"
             f"content-length: {len(body)}\r\n\r\n").encode()
     left = requests
 
@@ -109,7 +111,7 @@ def _role(pid: int) -> str:
         return "?"
 
 
-def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, scratch: Path) -> dict:
+def count(root: Path | None, repo: Path, body: bytes, header_length: int, args: argparse.Namespace, scratch: Path) -> dict:
     """One tree's counts (see the module's docstring); ``root`` None: the floor's."""
     port = free_port()
     out = scratch / f"cg-{port}"
@@ -124,13 +126,13 @@ def count(root: Path | None, repo: Path, body: bytes, args: argparse.Namespace, 
     url = server.url
     try:
         server.wait_ready(600, poll_s=1, probe_timeout_s=5)  # valgrind: slow to start and to answer
-        asyncio.run(drive(port, body, args.warm, args.clients))
+        asyncio.run(drive(port, body, args.warm, args.clients, header_length))
         scrape = (lambda: Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)) if root else (lambda: Metrics({}))
         before = scrape()
         pids = proc.tree(p.pid)
         roles = {pid: _role(pid) for pid in pids}
         _control(pids, "-i", "on")
-        asyncio.run(drive(port, body, args.requests, args.clients))
+        asyncio.run(drive(port, body, args.requests, args.clients, header_length))
         _control(pids, "-i", "off")
         _control(pids, "-d")
         after = scrape()
@@ -201,21 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--encoding", choices=("json", "binary"), default="json",
+                    help="the request's encoding: plain JSON, or the binary tensor extension (not with --floor, "
+                    "whose request is JSON)")
     ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
     ap.add_argument("--raw", action="store_true", help="also count raw ONNX Runtime a row at the first tree's "
                     "mean batch and session settings; with --floor, the overhead counted: (process - raw) / floor")
     ap.add_argument("--keep", type=Path, help="keep the callgrind files here (one per process and thread, "
                     "cg-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
     args = ap.parse_args(argv)
+    if args.floor and args.encoding != "json":
+        ap.error("--floor counts the floor's JSON request: leave --encoding json")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     with run_scratch("bench-instructions-") as scratch:
         repo = model_path("tiny").parents[2]
-        body = (load.write_bodies(scratch, "fixed", "json", features=8, fixed=LENGTH) / "body1.bin").read_bytes()
+        bodies = load.write_bodies(scratch, "fixed", args.encoding, features=8, fixed=LENGTH)
+        body = (bodies / "body1.bin").read_bytes()
+        header_length = int((bodies / "hlen.txt").read_text().split()[0])  # body1's
         roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
-        results = [count(root, repo, body, args, scratch) for root in roots]
-        print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte JSON sequence a request, "
+        results = [count(root, repo, body, header_length, args, scratch) for root in roots]
+        print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte {args.encoding} sequence a request, "
               f"{args.requests} requests from {args.clients} connections)")
         print(f"{'tree':40s} {'event loop':>12s} {'other threads':>14s} {'process':>12s} {'mean batch':>11s}")
         for r in results:

@@ -62,3 +62,17 @@ def test_counts_every_process_of_the_shared_engine_by_role(tmp_path: Path) -> No
     # --keep: the files to annotate further, one per thread of each counted process, each with its count
     kept = [f for f in tmp_path.glob("cg-*.*.1-*") if re.search(r"^totals: *[1-9]", f.read_text(errors="replace"), re.M)]
     assert len({f.name.split(".")[1] for f in kept}) >= 3, sorted(f.name for f in tmp_path.iterdir())
+
+
+def test_counts_binary_requests() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
+                          "--clients", "4", "--top", "0", "--encoding", "binary"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # every answer a 200 (the drive raises on anything else), so the binary request was sent right
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert re.search(r"one 1\d{3}-byte binary sequence a request", out.stdout), out.stdout  # 1,600 bytes of data
+    row = re.search(rf"^.{{0,40}}{re.escape(ROOT.name)} +([\d,]+) ", out.stdout, re.M)
+    assert row and float(row.group(1).replace(",", "")) > 50_000, out.stdout
+    refused = subprocess.run([sys.executable, "-m", "bench.instructions", "--floor", "--encoding", "binary"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--floor counts the floor's JSON request" in refused.stderr
