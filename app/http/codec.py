@@ -357,9 +357,10 @@ def common_binary_request(doc: dict[str, Any], binary: memoryview, spec: ModelSp
 
     Why: the general path's rule-by-rule checks cost the event loop 8.7 us on the bench body,
     this one 6.4 (``timeit``; with the header's parse, ``decode_request`` 8.1 against 10.4), for
-    the same array: 6 % of the loop's instructions a binary request (``bench.instructions``). It requires what :func:`_common_document`
-    checks, the entry's ``parameters`` holding only ``binary_data_size``, an integer equal to
-    the shape's bytes and to every binary byte in the body, and only finite values."""
+    the same array: 6 % of the loop's instructions a binary request (``bench.instructions``).
+    It requires what :func:`_common_document` checks, the entry's ``parameters`` holding only
+    ``binary_data_size``, an integer equal to the shape's bytes and to every binary byte in the
+    body, and only finite values."""
     common = _common_document(doc, _BINARY_ENTRY, spec, limits)
     if common is None:
         return None
