@@ -242,6 +242,12 @@ class _Common(NamedTuple):
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
 
+    def request(self, values: np.ndarray) -> InferRequest:
+        """The decoded request, its input's flat float32 ``values`` in hand (their count checked)."""
+        n, t, f = self.shape
+        return InferRequest(self.id, Sequences(values.reshape(n, t, f), contract.full_lengths(n, t)),
+                            self.outputs, self.binary_outputs, None)
+
 
 def _common_document(doc: object, entry_keys: frozenset[str], spec: ModelSpec, limits: Limits) -> _Common | None:
     """The checks both common paths make on the parsed JSON: one FP32 ``input`` entry with
@@ -336,18 +342,15 @@ def common_request(body: bytes, spec: ModelSpec, limits: Limits) -> InferRequest
     common = _common_document(doc, _JSON_ENTRY, spec, limits)
     if common is None or common.entry["data"] != []:
         return None
-    n, t, f = common.shape
     try:
         # A parser per call: one holds its last document, and a new one costs ~0.1 us. As
         # float64, JSON's own precision: nothing can overflow yet, so no ``np.errstate``.
         x = np.frombuffer(simdjson.Parser().parse(body[start - 1 : end + 1]).as_buffer(of_type="d"), np.float64)
     except (ValueError, TypeError, RuntimeError):  # not JSON's number syntax, not a number, past 64 bits
         return None
-    if x.size != n * t * f or not (-_EXACT < _MIN(x) and _MAX(x) < _EXACT):  # NaN cannot occur
+    if x.size != math.prod(common.shape) or not (-_EXACT < _MIN(x) and _MAX(x) < _EXACT):  # NaN cannot occur
         return None
-    x = x.astype(contract.INPUT_DTYPE)  # as the general path converts: float64, then float32
-    return InferRequest(common.id, Sequences(x.reshape(n, t, f), contract.full_lengths(n, t)),
-                        common.outputs, common.binary_outputs, None)
+    return common.request(x.astype(contract.INPUT_DTYPE))  # as the general path converts: float64, then float32
 
 
 def common_binary_request(doc: dict[str, Any], binary: memoryview, spec: ModelSpec, limits: Limits) -> InferRequest | None:
@@ -364,18 +367,14 @@ def common_binary_request(doc: dict[str, Any], binary: memoryview, spec: ModelSp
     common = _common_document(doc, _BINARY_ENTRY, spec, limits)
     if common is None:
         return None
-    n, t, f = common.shape
     params = common.entry["parameters"]
     if type(params) is not dict or params.keys() != {"binary_data_size"}:
         return None
     size = params["binary_data_size"]
-    if type(size) is not int or size != len(binary) or size != n * t * f * contract.INPUT_DTYPE.itemsize:
+    if type(size) is not int or size != len(binary) or size != math.prod(common.shape) * contract.INPUT_DTYPE.itemsize:
         return None
     x = np.frombuffer(binary, contract.INPUT_DTYPE)
-    if not np.isfinite(x).all():
-        return None
-    return InferRequest(common.id, Sequences(x.reshape(n, t, f), contract.full_lengths(n, t)),
-                        common.outputs, common.binary_outputs, None)
+    return common.request(x) if np.isfinite(x).all() else None
 
 
 def check_declared_limits(inputs: Any, limits: Limits) -> None:
