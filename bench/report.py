@@ -197,7 +197,8 @@ def markdown(results: dict) -> str:
           "- `raw seq/s at batch`: raw `InferenceSession.run` (own process) at the server's mean batch, "
           "interpolated on the batch curve measured just before and just after the phase, in the better of "
           "two configurations: the server's settings (its intra-op threads, spinning and arena, driven from "
-          "as many threads as batches in flight) and ORT's defaults; the mean of before/after, (min-max).",
+          "as many threads as batches in flight, and a batch of at most `small_batch_max_size` sequences on "
+          "the one-thread session the server runs it on) and ORT's defaults; the mean of before/after, (min-max).",
           "- `of raw` = server seq/s / that raw figure. `CPU eff.` = raw CPU-ms per sequence at that batch "
           "(the cheaper configuration) / server CPU-ms per request (the server process and its children, "
           "from /proc; one sequence per request).",

@@ -49,9 +49,10 @@ def effective_settings(overrides: dict) -> dict:
 
 def session_config(effective: dict) -> dict:
     """``bench.rawort``'s ``--config`` for the sessions a server with these effective settings
-    (:func:`effective_settings`) creates: intra-op threads, spinning, arena."""
+    (:func:`effective_settings`) creates: intra-op threads, spinning, arena, and the largest batch
+    its one-thread session runs (``small_batch_max_size``)."""
     return {"intra": int(effective["intra_op_threads"]), "spinning": int(bool(effective["allow_spinning"])),
-            "arena": int(bool(effective["cpu_mem_arena"]))}
+            "arena": int(bool(effective["cpu_mem_arena"])), "small": int(effective["small_batch_max_size"])}
 
 
 @dataclass
