@@ -19,7 +19,9 @@ instructions per request against the least this stack spends. ``--raw`` counts r
 Runtime too (``bench.rawort``'s session, the server's session settings, at the server's mean
 batch): with ``--floor``, the issue's overhead ratio, (server a request - raw ONNX Runtime a
 row) / the floor's, in instructions, which leaves out what two cores shared by three busy
-threads add to each. ``--settings`` starts the server with other settings; with several
+threads add to each. ``--lean`` counts the batching floor (``bench.lean``: the floor's stack
+running the same model in batches, with none of the server's guarantees), so the server's
+distance to it is what the guarantees and the structure execute. ``--settings`` starts the server with other settings; with several
 processes (``{"workers": 2}``: two HTTP workers and the shared engine) every process is counted,
 each one's event loop (its main thread) and the rest, and listed by role. About 1.2 minutes a
 tree (``--raw``: half a minute more). Needs valgrind.
@@ -28,6 +30,7 @@ tree (``--raw``: half a minute more). Needs valgrind.
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
     python -m bench.instructions --floor               # this tree and the floor
     python -m bench.instructions --floor --raw         # ... and raw ONNX Runtime: the overhead, counted
+    python -m bench.instructions --lean --floor --raw  # ... and the batching floor, counted the same way
     python -m bench.instructions --keep /tmp/cg        # keep the per-thread files for callgrind_annotate
     python -m bench.instructions --settings '{"workers": 2}'   # the shared engine's processes
 """
@@ -104,6 +107,15 @@ def _control(pids: list[int], *command: str) -> None:
         subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True)
 
 
+def _batches(root: Path | str, url: str) -> float:
+    """Batches run so far: the server's metric, the batching floor's ``/stats`` (the floor runs none)."""
+    if root == _FLOOR:
+        return 0.0
+    if root == _LEAN:
+        return float(httpx.get(f"{url}/stats", timeout=60).json()["batches"])
+    return Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text).total("lstm_serve_batch_size_count", model="bench")
+
+
 def _role(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -111,40 +123,49 @@ def _role(pid: int) -> str:
         return "?"
 
 
-def count(root: Path | None, repo: Path, body: bytes, header_length: int, args: argparse.Namespace, scratch: Path) -> dict:
-    """One tree's counts (see the module's docstring); ``root`` None: the floor's."""
+_FLOOR, _LEAN = "floor (bench.floor)", "batching floor (bench.lean)"
+
+
+def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: argparse.Namespace, scratch: Path) -> dict:
+    """One tree's counts (see the module's docstring); ``root`` :data:`_FLOOR` or :data:`_LEAN`:
+    the floor's or the batching floor's."""
     port = free_port()
-    out = scratch / f"cg-{port}"
+    n = len(list(scratch.glob("server-*.log")))  # this run's number: a port can come round again
+    run = f"cg-{n}-{port}"
+    out = scratch / run
     env = server_env(repo, port, {"grpc_port": "none", "access_log": "true", **args.settings})
-    log_path = scratch / f"server-{port}.log"
-    command = ["-m", "app"] if root is not None else ["-m", "bench.floor", "--port", str(port)]
+    log_path = scratch / f"server-{n}-{port}.log"
+    if root == _FLOOR:
+        command = ["-m", "bench.floor", "--port", str(port)]
+    elif root == _LEAN:
+        command = ["-m", "bench.lean", "--port", str(port), "--model", str(model_path("tiny"))]
+    else:
+        command = ["-m", "app"]
+    tree = root if isinstance(root, Path) else ROOT
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                           "--trace-children=yes", f"--callgrind-out-file={out}.%p", sys.executable, *command],
-                         env=env, cwd=root or ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+                         env=env, cwd=tree, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc.track(p.pid)
-    server = ServerProcess(p, port, log_path)  # the floor answers its readiness probe too
+    server = ServerProcess(p, port, log_path)  # the floors answer its readiness probe too
     url = server.url
     try:
         server.wait_ready(600, poll_s=1, probe_timeout_s=5)  # valgrind: slow to start and to answer
         asyncio.run(drive(port, body, args.warm, args.clients, header_length))
-        scrape = (lambda: Metrics.parse(httpx.get(f"{url}/metrics", timeout=60).text)) if root else (lambda: Metrics({}))
-        before = scrape()
+        before = _batches(root, url)
         pids = proc.tree(p.pid)
         roles = {pid: _role(pid) for pid in pids}
         _control(pids, "-i", "on")
         asyncio.run(drive(port, body, args.requests, args.clients, header_length))
         _control(pids, "-i", "off")
         _control(pids, "-d")
-        after = scrape()
+        batches = _batches(root, url) - before
     finally:
         server.stop(120)
         proc.untrack(p.pid)
-    batches = (after.total("lstm_serve_batch_size_count", model="bench")
-               - before.total("lstm_serve_batch_size_count", model="bench"))
     # One dump per process, a file per thread: <out>.<pid>.1-01, -02, ...
     counts: dict[int, dict[int, int]] = {}
     files: dict[tuple[int, int], Path] = {}
-    for f in sorted(scratch.glob(f"cg-{port}.*.*-*")):
+    for f in sorted(scratch.glob(f"{run}.*.*-*")):
         head = f.read_text(errors="replace")[:2000]
         pid = re.search(r"^pid: *(\d+)", head, re.M)
         thread = re.search(r"^thread: *(\d+)", head, re.M)
@@ -159,7 +180,7 @@ def count(root: Path | None, repo: Path, body: bytes, header_length: int, args: 
     total = sum(x["all"] for x in processes)
     busiest = max(processes, key=lambda x: x["loop"], default=None)
     main_file = files.get((busiest["pid"], 1)) if busiest else None
-    return {"root": str(root) if root else "floor (bench.floor)", "loop": loop, "all": total,
+    return {"root": str(root), "loop": loop, "all": total,
             "others": total - loop, "batch": n / batches if batches else float("nan"),
             "processes": processes, "top": _top(main_file, args.top) if main_file else []}
 
@@ -171,7 +192,7 @@ import json, sys
 import numpy as np
 from bench.rawort import feeds_for, session
 model, config, batch, length, calls = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:6])
-s = session(model, config, ["CPUExecutionProvider"])
+s = session(model, config, ["CPUExecutionProvider"], batch)
 feeds = feeds_for(s, batch, length, np.random.default_rng(0))
 for _ in range(calls):
     s.run(["output"], feeds)
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--b-root", type=Path, help="also count this checkout (a `git archive` of another commit)")
     ap.add_argument("--floor", action="store_true", help="also count the HTTP floor (bench.floor)")
+    ap.add_argument("--lean", action="store_true", help="also count the batching floor (bench.lean: the floor's "
+                    "stack batching the same model, none of the server's guarantees)")
     ap.add_argument("--settings", type=json.loads, default={},
                     help='server settings, a JSON object (e.g. \'{"workers": 2}\': every process is counted)')
     ap.add_argument("--requests", type=int, default=2000)
@@ -210,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", action="store_true", help="also count raw ONNX Runtime a row at the first tree's "
                     "mean batch and session settings; with --floor, the overhead counted: (process - raw) / floor")
     ap.add_argument("--keep", type=Path, help="keep the callgrind files here (one per process and thread, "
-                    "cg-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
+                    "cg-<n>-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
     args = ap.parse_args(argv)
-    if args.floor and args.encoding != "json":
-        ap.error("--floor counts the floor's JSON request: leave --encoding json")
+    if (args.floor or args.lean) and args.encoding != "json":
+        ap.error("--floor and --lean count the floors' JSON request: leave --encoding json")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -222,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         bodies = load.write_bodies(scratch, "fixed", args.encoding, features=8, fixed=LENGTH)
         body = (bodies / "body1.bin").read_bytes()
         header_length = int((bodies / "hlen.txt").read_text().split()[0])  # body1's
-        roots: list[Path | None] = [ROOT] + ([args.b_root.resolve()] if args.b_root else []) + ([None] if args.floor else [])
+        roots: list[Path | str] = ([ROOT] + ([args.b_root.resolve()] if args.b_root else [])
+                                   + ([_LEAN] if args.lean else []) + ([_FLOOR] if args.floor else []))
         results = [count(root, repo, body, header_length, args, scratch) for root in roots]
         print(f"instructions per request (callgrind; tiny model, one {len(body)}-byte {args.encoding} sequence a request, "
               f"{args.requests} requests from {args.clients} connections)")
