@@ -21,10 +21,11 @@ batch): with ``--floor``, the issue's overhead ratio, (server a request - raw ON
 row) / the floor's, in instructions, which leaves out what two cores shared by three busy
 threads add to each. ``--lean`` counts the batching floor (``bench.lean``: the floor's stack
 running the same model in batches, with none of the server's guarantees), so the server's
-distance to it is what the guarantees and the structure execute. ``--settings`` starts the server with other settings; with several
-processes (``{"workers": 2}``: two HTTP workers and the shared engine) every process is counted,
-each one's event loop (its main thread) and the rest, and listed by role. About 1.2 minutes a
-tree (``--raw``: half a minute more). Needs valgrind.
+distance to it is what the guarantees and the structure execute. ``--settings`` starts the
+server with other settings; with several processes (``{"workers": 2}``: two HTTP workers and
+the shared engine) every process is counted, each one's event loop (its main thread) and the
+rest, and listed by role. About 1.2 minutes a tree (``--raw``: half a minute more). Needs
+valgrind.
 
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
@@ -130,11 +131,11 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
     """One tree's counts (see the module's docstring); ``root`` :data:`_FLOOR` or :data:`_LEAN`:
     the floor's or the batching floor's."""
     port = free_port()
-    n = len(list(scratch.glob("server-*.log")))  # this run's number: a port can come round again
-    run = f"cg-{n}-{port}"
+    index = len(list(scratch.glob("server-*.log")))  # this run's number: a port can come round again
+    run = f"cg-{index}-{port}"
     out = scratch / run
     env = server_env(repo, port, {"grpc_port": "none", "access_log": "true", **args.settings})
-    log_path = scratch / f"server-{n}-{port}.log"
+    log_path = scratch / f"server-{index}-{port}.log"
     if root == _FLOOR:
         command = ["-m", "bench.floor", "--port", str(port)]
     elif root == _LEAN:

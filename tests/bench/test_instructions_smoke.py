@@ -82,4 +82,4 @@ def test_counts_binary_requests() -> None:
     assert row and float(row.group(1).replace(",", "")) > 50_000, out.stdout
     refused = subprocess.run([sys.executable, "-m", "bench.instructions", "--floor", "--encoding", "binary"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "--floor counts the floor's JSON request" in refused.stderr
+    assert refused.returncode == 2 and "--floor and --lean count the floors' JSON request" in refused.stderr
