@@ -25,20 +25,34 @@ from tests.conftest import ROOT, Server
 LOCAL = ROOT / ".venv" / "perf-analyzer"
 
 
-def perf_analyzer() -> tuple[str, dict[str, str]] | None:
-    env = dict(os.environ)
-    found = shutil.which("perf_analyzer")
-    if found is None and (LOCAL / "bin" / "perf_analyzer").is_file():
-        found = str(LOCAL / "bin" / "perf_analyzer")
+def perf_analyzer() -> tuple[tuple[str, dict[str, str]] | None, str]:
+    """The perf_analyzer to run and its environment, else None and why not. .ci/run's install
+    first (it brings the CUDA runtime the binary links); one on PATH only if it starts:
+    tritonclient's own wheel puts a perf_analyzer in the venv's bin/ that cannot load without
+    libcudart, and an activated venv puts it on PATH."""
+    candidates = []
+    if (LOCAL / "bin" / "perf_analyzer").is_file():
+        env = dict(os.environ)
         cudart = LOCAL / "nvidia" / "cuda_runtime" / "lib"
         env["LD_LIBRARY_PATH"] = f"{cudart}:{env.get('LD_LIBRARY_PATH', '')}"
-    return (found, env) if found else None
+        candidates.append((str(LOCAL / "bin" / "perf_analyzer"), env))
+    found = shutil.which("perf_analyzer")
+    if found is not None:
+        candidates.append((found, dict(os.environ)))
+    why = "perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)"
+    for exe, env in candidates:
+        probe = subprocess.run([exe, "--help"], env=env, capture_output=True, text=True, timeout=60)
+        if "error while loading shared libraries" not in probe.stderr:
+            return (exe, env), ""
+        why = (f"{exe} cannot start ({probe.stderr.strip()[-200:]}); "
+               ".ci/run installs one with its libraries into .venv/perf-analyzer")
+    return None, why
 
 
-TOOL = perf_analyzer()
+TOOL, WHY_NOT = perf_analyzer()
 
 
-@pytest.mark.skipif(TOOL is None, reason="perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)")
+@pytest.mark.skipif(TOOL is None, reason=WHY_NOT)
 @pytest.mark.parametrize("tensor_format", ["binary", "json"])
 def test_perf_analyzer_runs_unmodified(server: Server, tmp_path: Path, tensor_format: str) -> None:
     assert TOOL is not None
@@ -83,7 +97,7 @@ def _run_grpc(server: Server, tmp_path: Path, model: str, features: int, *extra:
     return proc.stdout
 
 
-@pytest.mark.skipif(TOOL is None, reason="perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)")
+@pytest.mark.skipif(TOOL is None, reason=WHY_NOT)
 @pytest.mark.parametrize(("model", "features"), [("demo", 4), ("bi", 3)])
 def test_perf_analyzer_over_grpc_at_concurrency_1_to_16(server: Server, tmp_path: Path, model: str, features: int) -> None:
     out = _run_grpc(server, tmp_path, model, features, "--concurrency-range", "1:16:5")
@@ -95,7 +109,7 @@ def test_perf_analyzer_over_grpc_at_concurrency_1_to_16(server: Server, tmp_path
         assert int(served) >= int(client) - 16
 
 
-@pytest.mark.skipif(TOOL is None, reason="perf_analyzer not installed (.ci/run installs it into .venv/perf-analyzer)")
+@pytest.mark.skipif(TOOL is None, reason=WHY_NOT)
 def test_perf_analyzer_sequence_mode_over_grpc_on_a_stateful_model(server: Server, tmp_path: Path) -> None:
     out = _run_grpc(server, tmp_path, "uni", 3, "--concurrency-range", "4", "--sequence-length", "5")
     requests = int(re.search(r"Request count: (\d+)", out)[1])
