@@ -147,7 +147,7 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
                           "--trace-children=yes", f"--callgrind-out-file={out}.%p", sys.executable, *command],
                          env=env, cwd=tree, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc.track(p.pid)
-    server = ServerProcess(p, port, log_path)  # the floors answer its readiness probe too
+    server = ServerProcess(p, port, log_path)  # both floors answer the readiness probe too
     url = server.url
     try:
         server.wait_ready(600, poll_s=1, probe_timeout_s=5)  # valgrind: slow to start and to answer
