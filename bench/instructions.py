@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=200)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--encoding", choices=("json", "binary"), default="json",
-                    help="the request's encoding: plain JSON, or the binary tensor extension (not with --floor, "
-                    "whose request is JSON)")
+                    help="the request's encoding: plain JSON, or the binary tensor extension (not with --floor or "
+                    "--lean, whose request is JSON)")
     ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
     ap.add_argument("--raw", action="store_true", help="also count raw ONNX Runtime a row at the first tree's "
                     "mean batch and session settings; with --floor, the overhead counted: (process - raw) / floor")
