@@ -30,6 +30,13 @@ def _new_process_ids() -> None:
 os.register_at_fork(after_in_child=_new_process_ids)
 
 
+def milliseconds(seconds: float) -> float:
+    """``seconds`` in milliseconds to the microsecond, as the access log and Server-Timing
+    report them. Why not ``round(ms, 3)``: CPython rounds to decimal places through dtoa and
+    ``snprintf`` (0.2 us a call and a printf's worth of the instruction cache; three a request)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000
+
+
 def request_id(sent: bytes | str | None) -> str:
     """The request's id: the client's own (``X-Request-ID`` header or ``x-request-id`` metadata)
     when it is a safe token (it is echoed and logged), else a new one: 32 hex digits, a random
@@ -64,7 +71,7 @@ class RequestLog:
                 "model": model,
                 "version": info.get("version"),
                 "code": code,
-                "latency_ms": round(elapsed_s * 1000, 3),
+                "latency_ms": milliseconds(elapsed_s),
                 "batch_size": info.get("batch_size"),
                 "queue_ms": info.get("queue_ms"),
                 "inference_ms": info.get("inference_ms"),

@@ -24,14 +24,18 @@ running the same model in batches, with none of the server's guarantees), so the
 distance to it is what the guarantees and the structure execute. ``--settings`` starts the
 server with other settings; with several processes (``{"workers": 2}``: two HTTP workers and
 the shared engine) every process is counted, each one's event loop (its main thread) and the
-rest, and listed by role. About 1.2 minutes a tree (``--raw``: half a minute more). Needs
-valgrind.
+rest, and listed by role. ``--cache`` simulates the L1 caches as well and prints each tree's
+event-loop misses a request: instructions alone do not predict time where the code a request
+runs is spread wide (the server's loop executes 1.06x the batching floor's instructions, misses
+the instruction cache 2.1x as often and takes 1.6x its time; docs/benchmark.md). About 1.2
+minutes a tree (``--raw``: half a minute more; ``--cache``: about twice as long). Needs valgrind.
 
     python -m bench.instructions                       # this tree
     python -m bench.instructions --b-root /tmp/before  # this tree, then another
     python -m bench.instructions --floor               # this tree and the floor
     python -m bench.instructions --floor --raw         # ... and raw ONNX Runtime: the overhead, counted
     python -m bench.instructions --lean --floor --raw  # ... and the batching floor, counted the same way
+    python -m bench.instructions --lean --cache        # ... with L1 cache misses, against the batching floor
     python -m bench.instructions --keep /tmp/cg        # keep the per-thread files for callgrind_annotate
     python -m bench.instructions --settings '{"workers": 2}'   # the shared engine's processes
 """
@@ -95,6 +99,17 @@ def _totals(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _events(path: Path) -> dict[str, int]:
+    """A callgrind output file's totals by event (``Ir``; with ``--cache-sim=yes`` also ``I1mr``,
+    ``D1mr``, ``D1mw``, ...)."""
+    text = path.read_text(errors="replace")
+    names = re.search(r"^events: *(.+)$", text, re.M)
+    totals = re.search(r"^totals: *([\d ]+)$", text, re.M) or re.search(r"^summary: *([\d ]+)$", text, re.M)
+    if not names or not totals:
+        return {}
+    return dict(zip(names.group(1).split(), map(int, totals.group(1).split()), strict=False))
+
+
 def _top(path: Path, n: int) -> list[str]:
     out = subprocess.run(["callgrind_annotate", "--inclusive=no", str(path)], capture_output=True, text=True).stdout
     rows = [line for line in out.splitlines() if re.match(r"^\s*[\d,]+ \(", line) and "PROGRAM TOTALS" not in line]
@@ -143,7 +158,8 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
     else:
         command = ["-m", "app"]
     tree = root if isinstance(root, Path) else ROOT
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+    cache = ["--cache-sim=yes"] if args.cache else []
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", *cache, "--instr-atstart=no", "--separate-threads=yes",
                           "--trace-children=yes", f"--callgrind-out-file={out}.%p", sys.executable, *command],
                          env=env, cwd=tree, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc.track(p.pid)
@@ -181,7 +197,12 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
     total = sum(x["all"] for x in processes)
     busiest = max(processes, key=lambda x: x["loop"], default=None)
     main_file = files.get((busiest["pid"], 1)) if busiest else None
-    return {"root": str(root), "loop": loop, "all": total,
+    misses: dict[str, float] = {}  # every event loop's simulated cache events a request (``--cache``)
+    for (_, thread), f in files.items():
+        if thread == 1:
+            for event, value in _events(f).items():
+                misses[event] = misses.get(event, 0.0) + value / n
+    return {"root": str(root), "loop": loop, "all": total, "cache": misses,
             "others": total - loop, "batch": n / batches if batches else float("nan"),
             "processes": processes, "top": _top(main_file, args.top) if main_file else []}
 
@@ -233,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=15, help="top functions of the busiest event loop to list (0: none)")
     ap.add_argument("--raw", action="store_true", help="also count raw ONNX Runtime a row at the first tree's "
                     "mean batch and session settings; with --floor, the overhead counted: (process - raw) / floor")
+    ap.add_argument("--cache", action="store_true", help="simulate the L1 caches too (valgrind's --cache-sim, "
+                    "about twice as slow): each event loop's instruction- and data-cache misses a request")
     ap.add_argument("--keep", type=Path, help="keep the callgrind files here (one per process and thread, "
                     "cg-<n>-<port>.<pid>.1-<thread>) to read with callgrind_annotate")
     args = ap.parse_args(argv)
@@ -259,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{r['root']}, per process (event loop, whole process):")
                 for x in r["processes"]:
                     print(f"  {x['role']:16s} {x['loop']:12,.0f} {x['all']:12,.0f}")
+        if args.cache:
+            print("\nevent loop, simulated caches a request (callgrind --cache-sim: L1 misses; a miss costs "
+                  "tens of cycles, an instruction about one)")
+            print(f"{'tree':40s} {'instructions':>12s} {'I1 misses':>10s} {'D1 read':>9s} {'D1 write':>9s}")
+            for r in results:
+                c = r["cache"]
+                print(f"{r['root'][-40:]:40s} {c.get('Ir', 0):12,.0f} {c.get('I1mr', 0):10,.0f} "
+                      f"{c.get('D1mr', 0):9,.0f} {c.get('D1mw', 0):9,.0f}")
         if args.b_root:
             a, b = results[:2]
             print(f"B/A: event loop {b['loop'] / a['loop']:.3f}, process {b['all'] / a['all']:.3f}")

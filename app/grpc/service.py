@@ -27,6 +27,7 @@ from app.engine.engine import Engine
 from app.engine.model_config import triton_config
 from app.grpc import codec, errors
 from app.grpc.observe import Call, Observer, request_id
+from app.observe import milliseconds
 from app.grpc.streams import serve_stream
 from app.grpc.protocol import config_pb, pb, pb_grpc
 from app.v2 import names
@@ -184,8 +185,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             engine.release(model)
         call.info["batch_size"] = done.batch_size
-        call.info["queue_ms"] = round(done.queue_s * 1000, 3)
-        call.info["inference_ms"] = round(done.inference_s * 1000, 3)
+        call.info["queue_ms"] = milliseconds(done.queue_s)
+        call.info["inference_ms"] = milliseconds(done.inference_s)
         return codec.encode_response(model.name, str(model.version), req.id, done.result)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

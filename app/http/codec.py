@@ -216,7 +216,16 @@ _BINARY_ENTRY = frozenset({"name", "shape", "datatype", "parameters"})
 _OUTPUT_KEYS = (frozenset({"name"}), frozenset({"name", "parameters"}))
 DATA_KEY = re.compile(rb'"data"\s*:\s*\[')  # a ``data`` key and its array's ``[`` (decoding's slices too)
 _EXACT = float(2**24)  # every integer below it is exact in float32, whichever way it is converted
-_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # ``x.min()`` less its Python wrapper
+
+
+def _within(x: np.ndarray, bound: float) -> bool:
+    """Every value of ``x`` (not empty) within (-bound, bound); a NaN is not.
+
+    Why ``argmin``/``argmax``: numpy's ``min``/``max`` and ``isfinite(x).all()`` run ufunc loops
+    and reductions, 1.1 us a reduction on the bench body through the iterator machinery (whose
+    code is also a good part of what numpy costs the event loop's instruction cache); the two
+    index searches (which stop at a NaN) and their two values cost 0.56 us together."""
+    return -bound < x.item(x.argmin()) and x.item(x.argmax()) < bound
 
 
 def _common_flag(params: object, key: str, default: bool) -> bool | None:
@@ -348,7 +357,7 @@ def common_request(body: bytes, spec: ModelSpec, limits: Limits) -> InferRequest
         x = np.frombuffer(simdjson.Parser().parse(body[start - 1 : end + 1]).as_buffer(of_type="d"), np.float64)
     except (ValueError, TypeError, RuntimeError):  # not JSON's number syntax, not a number, past 64 bits
         return None
-    if x.size != math.prod(common.shape) or not (-_EXACT < _MIN(x) and _MAX(x) < _EXACT):  # NaN cannot occur
+    if x.size != math.prod(common.shape) or not _within(x, _EXACT):
         return None
     return common.request(x.astype(contract.INPUT_DTYPE))  # as the general path converts: float64, then float32
 
@@ -374,7 +383,7 @@ def common_binary_request(doc: dict[str, Any], binary: memoryview, spec: ModelSp
     if type(size) is not int or size != len(binary) or size != math.prod(common.shape) * contract.INPUT_DTYPE.itemsize:
         return None
     x = np.frombuffer(binary, contract.INPUT_DTYPE)
-    return common.request(x) if np.isfinite(x).all() else None
+    return common.request(x) if _within(x, math.inf) else None  # finite
 
 
 def check_declared_limits(inputs: Any, limits: Limits) -> None:

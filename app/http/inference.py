@@ -31,6 +31,7 @@ from app.v2.errors import BodyTimeout, InvalidInput, PayloadTooLarge, ShuttingDo
 from app.v2.request import Limits
 from app.v2.sequences import Job
 from app.http.state import ServerState
+from app.observe import milliseconds
 
 # The request headers inference reads (the fast path copies only these out of the scope).
 REQUEST_HEADERS = ("content-length", codec.HEADER_LENGTH, "content-encoding")
@@ -126,8 +127,8 @@ async def infer(
         engine.release(model)
     queue_ms, inference_ms = done.queue_s * 1000, done.inference_s * 1000
     info["batch_size"] = done.batch_size
-    info["queue_ms"] = round(queue_ms, 3)
-    info["inference_ms"] = round(inference_ms, 3)
+    info["queue_ms"] = milliseconds(done.queue_s)
+    info["inference_ms"] = milliseconds(done.inference_s)
     payload, header_length = codec.encode_response(
         model.name, str(model.version), req.id, done.result, req.binary_outputs
     )

@@ -80,6 +80,17 @@ def obs_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
+def test_milliseconds_are_rounded_to_the_microsecond() -> None:
+    from app.observe import milliseconds
+
+    assert milliseconds(0.0001234567) == 0.123 and milliseconds(0.0001235) == 0.124 and milliseconds(1.5) == 1500.0
+    assert milliseconds(0.0) == 0.0 and milliseconds(4e-7) == 0.0 and milliseconds(6e-7) == 0.001
+    rng = np.random.default_rng(0)
+    for seconds in np.concatenate([rng.uniform(0, 0.01, 500), rng.uniform(0, 100, 500)]).tolist():
+        assert abs(milliseconds(seconds) - seconds * 1000) <= 0.0005 + 1e-9, seconds  # as ``round(ms, 3)``
+        assert milliseconds(seconds) == round(milliseconds(seconds), 3)  # no more than 3 decimals
+
+
 @pytest.mark.parametrize("encoding", ["json", "binary"])
 def test_server_timing_splits_queue_and_inference(obs_server: Server, encoding: str) -> None:
     x = np.random.default_rng(1).standard_normal((2, 7, 3)).astype(np.float32)

@@ -8,6 +8,7 @@ Bounded for CI by ``max_examples``; raise ``HYPOTHESIS_EXAMPLES`` for a longer r
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -307,6 +308,34 @@ def test_a_plain_request_takes_the_common_path(demo) -> None:
     req = common_request(body, spec, LIMITS)
     assert req is not None and req.id == "req-1" and req.outputs == ("output",)
     assert np.array_equal(req.sequences.x, values.reshape(2, 3, 4)) and req.sequences.lengths.tolist() == [3, 3]
+
+
+def test_the_full_lengths_of_common_requests_are_one_read_only_array(demo) -> None:
+    from app.http.codec import common_request
+
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 4], "datatype": "FP32", "data": [0.5] * 24}]}).encode()
+    first, second = (common_request(body, demo[1], LIMITS) for _ in range(2))
+    assert first is not None and second is not None
+    assert first.sequences.lengths is second.sequences.lengths  # shared: a cache lookup, not an array a request
+    assert first.sequences.lengths.tolist() == [3, 3]
+    with pytest.raises(ValueError, match="read-only"):  # so no holder can change another's lengths
+        first.sequences.lengths[0] = 1
+
+
+@pytest.mark.parametrize(("values", "exact"), [
+    ([0.5, -3.0, 0.0], True), ([2.0**24 - 1, -(2.0**24 - 1)] * 8, True), ([-0.0], True),
+    ([2.0**24], False), ([-(2.0**24)], False), ([0.5] * 20 + [2.0**24 + 2], False), ([-1e300, 0.5], False),
+    ([float("inf")], False), ([0.5, float("nan")], False), ([float("nan"), 0.5], False),
+])
+def test_the_common_paths_range_check(values: list[float], exact: bool) -> None:
+    from app.http.codec import _EXACT, _within
+
+    x = np.asarray(values, np.float64)
+    assert _within(x, _EXACT) is exact
+    assert _within(x, math.inf) is bool(np.isfinite(x).all())  # the binary path's: finite
+    with np.errstate(over="ignore"):
+        y = x.astype(np.float32)  # -1e300 is -inf in float32
+    assert _within(y, math.inf) is bool(np.isfinite(y).all())
 
 
 def test_tritonclients_binary_requests_take_the_common_binary_path(demo) -> None:

@@ -73,11 +73,19 @@ def test_counts_every_process_of_the_shared_engine_by_role(tmp_path: Path) -> No
 
 def test_counts_binary_requests() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.instructions", "--requests", "40", "--warm", "8",
-                          "--clients", "4", "--top", "0", "--encoding", "binary"],
+                          "--clients", "4", "--top", "0", "--encoding", "binary", "--cache"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     # every answer a 200 (the drive raises on anything else), so the binary request was sent right
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(r"one 1\d{3}-byte binary sequence a request", out.stdout), out.stdout  # 1,600 bytes of data
+    # --cache: the event loop's simulated L1 misses, on the same instructions as the count above
+    # (a run without --cache-sim has no miss events, and would print zeros)
+    counted = re.search(r"^.{40} +([\d,]+) +[\d,]+ +[\d,]+ +[\d.]+$", out.stdout, re.M)
+    cache = re.search(r"^.{40} +([\d,]+) +([\d,]+) +([\d,]+) +([\d,]+)$", out.stdout.split("simulated caches")[-1], re.M)
+    assert counted and cache, out.stdout
+    instructions, i1, d1r, d1w = (float(v.replace(",", "")) for v in cache.groups())
+    assert instructions == float(counted.group(1).replace(",", ""))
+    assert 0 < i1 < instructions and 0 < d1r < instructions and 0 < d1w < instructions, out.stdout
     row = re.search(rf"^.{{0,40}}{re.escape(ROOT.name)} +([\d,]+) ", out.stdout, re.M)
     assert row and float(row.group(1).replace(",", "")) > 50_000, out.stdout
     refused = subprocess.run([sys.executable, "-m", "bench.instructions", "--floor", "--encoding", "binary"],
