@@ -135,7 +135,7 @@ class ModelSpec:
             return (INPUT, SEQUENCE_LENS, INITIAL_H, INITIAL_C)
         return (INPUT, SEQUENCE_LENS)
 
-    @property
+    @functools.cached_property  # read for every request (the outputs it may ask for)
     def output_names(self) -> tuple[str, ...]:
         if self.stateful:
             return (OUTPUT, FINAL_H, FINAL_C)

@@ -121,7 +121,11 @@ class Engine(ABC):
         if not versions:
             raise ModelNotFound(f"unknown model '{name}'; this server serves {sorted(catalog)}")
         if version is None:
-            info = next((i for i in versions.values() if i.default), None) or versions[max(versions)]
+            for info in versions.values():  # a loop, not ``next(genexpr)``: no generator a request
+                if info.default:
+                    break
+            else:
+                info = versions[max(versions)]
         else:
             if not version.isdigit() or int(version) not in versions:
                 raise ModelNotFound(f"model '{name}' has no loaded version '{version}'; loaded: {sorted(versions)}")

@@ -197,6 +197,8 @@ def test_access_log_has_one_json_line_per_inference_request(obs_server: Server) 
         assert isinstance(line["latency_ms"], (int, float)) and 0 < line["latency_ms"] <= elapsed_ms + 0.001, (
             line["latency_ms"], elapsed_ms)
         if resp.status_code == 200:
+            # the same figures as the answer's Server-Timing (milliseconds to the microsecond)
+            assert server_timing(resp) == {"queue": line["queue_ms"], "inference": line["inference_ms"]}, line
             assert line["model"] == resp.json()["model_name"]
             assert line["batch_size"] == int(resp.headers["x-batch-size"]) >= 1
             assert not line.get("error")
