@@ -19,12 +19,14 @@ from app.metrics import Metrics
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 _ID_PREFIX = os.urandom(8).hex()
-_ID_COUNT = itertools.count()
+# From 2**64: ``hex(n)[3:]`` is then the count in 16 hex digits, zero-padded, without a format
+# spec (``f"{n:016x}"`` parses one a request: 0.43 us against 0.27 in all).
+_ID_COUNT = itertools.count(2**64)
 
 
 def _new_process_ids() -> None:
     global _ID_PREFIX, _ID_COUNT
-    _ID_PREFIX, _ID_COUNT = os.urandom(8).hex(), itertools.count()
+    _ID_PREFIX, _ID_COUNT = os.urandom(8).hex(), itertools.count(2**64)
 
 
 os.register_at_fork(after_in_child=_new_process_ids)
@@ -47,7 +49,7 @@ def request_id(sent: bytes | str | None) -> str:
         candidate = sent.decode("latin-1") if isinstance(sent, bytes) else sent
         if _VALID_ID.match(candidate):
             return candidate
-    return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
+    return _ID_PREFIX + hex(next(_ID_COUNT))[3:]
 
 
 class RequestLog:

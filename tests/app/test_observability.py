@@ -80,6 +80,19 @@ def obs_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
+def test_generated_request_ids_and_access_timestamps() -> None:
+    from app.logs import AccessLog
+    from app.observe import request_id
+
+    first, second = request_id(None), request_id(None)
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and re.fullmatch(r"[0-9a-f]{32}", second), (first, second)
+    assert first[:16] == second[:16] and int(second[16:], 16) == int(first[16:], 16) + 1  # a process prefix, a count
+    access = AccessLog(False)
+    for now, ts in ((0.0, "1970-01-01T00:00:00.000Z"), (86_399.9996, "1970-01-01T23:59:59.999Z"),
+                    (1_733_623_384.0625, "2024-12-08T02:03:04.062Z"), (1_733_623_385.5, "2024-12-08T02:03:05.500Z")):
+        assert access._ts(now) == ts
+
+
 def test_milliseconds_are_rounded_to_the_microsecond() -> None:
     from app.observe import milliseconds
 
