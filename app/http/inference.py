@@ -87,6 +87,12 @@ def receiving(receive: Receive, scope: Scope | None = None, timeout_s: float = 0
     return functools.partial(read_body, receive, scope=scope, timeout_s=timeout_s)
 
 
+@functools.lru_cache(maxsize=8)
+def _timeout_why(timeout_s: float) -> str:
+    """What a timed-out request's 408 names: formatted once, not a float's repr a request."""
+    return f"request_timeout_s={timeout_s}"
+
+
 async def infer(
     state: ServerState,
     name: str,
@@ -122,7 +128,7 @@ async def infer(
         req = await decoding.decode_request(body, headers.get(codec.HEADER_LENGTH), model.spec, limits)
         timeout = state.settings.request_timeout_s
         job = Job(model.name, model.version, req.sequences, req.outputs, req.stream)
-        done = await engine.submit_within(job, timeout, f"request_timeout_s={timeout}")
+        done = await engine.submit_within(job, timeout, _timeout_why(timeout))
     finally:
         engine.release(model)
     # the access line's figures and Server-Timing's are the same numbers
