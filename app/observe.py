@@ -33,9 +33,10 @@ os.register_at_fork(after_in_child=_new_process_ids)
 
 
 def milliseconds(seconds: float) -> float:
-    """``seconds`` in milliseconds to the microsecond, as the access log and Server-Timing
-    report them. Why not ``round(ms, 3)``: CPython rounds to decimal places through dtoa and
-    ``snprintf`` (0.2 us a call and a printf's worth of the instruction cache; three a request)."""
+    """``seconds`` (a duration, not negative) in milliseconds to the microsecond, as the access
+    log and Server-Timing report them. Why not ``round(ms, 3)``: CPython rounds to decimal
+    places through dtoa and ``snprintf`` (0.2 us a call and a printf's worth of the instruction
+    cache; three a request)."""
     return int(seconds * 1_000_000 + 0.5) / 1000
 
 

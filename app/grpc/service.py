@@ -27,9 +27,9 @@ from app.engine.engine import Engine
 from app.engine.model_config import triton_config
 from app.grpc import codec, errors
 from app.grpc.observe import Call, Observer, request_id
-from app.observe import milliseconds
 from app.grpc.streams import serve_stream
 from app.grpc.protocol import config_pb, pb, pb_grpc
+from app.observe import milliseconds
 from app.v2 import names
 from app.v2.errors import InvalidInput, ModelNotReady, NotSupported, ServingError, ShuttingDown, render
 from app.v2.request import Limits
