@@ -92,17 +92,9 @@ async def drive(port: int, body: bytes, requests: int, clients: int, header_leng
     await asyncio.gather(*(connection() for _ in range(clients)))
 
 
-def _totals(path: Path) -> int:
-    """A callgrind output file's instruction count (its ``totals:``, else its ``summary:``)."""
-    text = path.read_text(errors="replace")
-    m = re.search(r"^totals: *(\d+)", text, re.M) or re.search(r"^summary: *(\d+)", text, re.M)
-    return int(m.group(1)) if m else 0
-
-
-def _events(path: Path) -> dict[str, int]:
-    """A callgrind output file's totals by event (``Ir``; with ``--cache-sim=yes`` also ``I1mr``,
-    ``D1mr``, ``D1mw``, ...)."""
-    text = path.read_text(errors="replace")
+def _events(text: str) -> dict[str, int]:
+    """A callgrind output file's totals by event (its ``totals:``, else its ``summary:``): ``Ir``
+    (instructions), and with ``--cache-sim=yes`` also ``I1mr``, ``D1mr``, ``D1mw``, ..."""
     names = re.search(r"^events: *(.+)$", text, re.M)
     totals = re.search(r"^totals: *([\d ]+)$", text, re.M) or re.search(r"^summary: *([\d ]+)$", text, re.M)
     if not names or not totals:
@@ -180,16 +172,21 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
         server.stop(120)
         proc.untrack(p.pid)
     # One dump per process, a file per thread: <out>.<pid>.1-01, -02, ...
+    n = args.requests
     counts: dict[int, dict[int, int]] = {}
     files: dict[tuple[int, int], Path] = {}
+    misses: dict[str, float] = {}  # every event loop's simulated cache events a request (``--cache``)
     for f in sorted(scratch.glob(f"{run}.*.*-*")):
-        head = f.read_text(errors="replace")[:2000]
-        pid = re.search(r"^pid: *(\d+)", head, re.M)
-        thread = re.search(r"^thread: *(\d+)", head, re.M)
+        text = f.read_text(errors="replace")
+        pid = re.search(r"^pid: *(\d+)", text[:2000], re.M)
+        thread = re.search(r"^thread: *(\d+)", text[:2000], re.M)
         key = (int(pid.group(1)) if pid else 0, int(thread.group(1)) if thread else 0)
-        counts.setdefault(key[0], {})[key[1]] = _totals(f)
+        events = _events(text)
+        counts.setdefault(key[0], {})[key[1]] = events.get("Ir", 0)
         files[key] = f
-    n = args.requests
+        if key[1] == 1:
+            for event, value in events.items():
+                misses[event] = misses.get(event, 0.0) + value / n
     processes = [{"pid": pid, "role": roles.get(pid, "?"), "loop": threads.get(1, 0) / n,
                   "all": sum(threads.values()) / n} for pid, threads in sorted(counts.items())]
     processes = [x for x in processes if x["all"] > 0]
@@ -197,11 +194,6 @@ def count(root: Path | str, repo: Path, body: bytes, header_length: int, args: a
     total = sum(x["all"] for x in processes)
     busiest = max(processes, key=lambda x: x["loop"], default=None)
     main_file = files.get((busiest["pid"], 1)) if busiest else None
-    misses: dict[str, float] = {}  # every event loop's simulated cache events a request (``--cache``)
-    for (_, thread), f in files.items():
-        if thread == 1:
-            for event, value in _events(f).items():
-                misses[event] = misses.get(event, 0.0) + value / n
     return {"root": str(root), "loop": loop, "all": total, "cache": misses,
             "others": total - loop, "batch": n / batches if batches else float("nan"),
             "processes": processes, "top": _top(main_file, args.top) if main_file else []}
@@ -232,7 +224,7 @@ def raw_per_row(model: Path, settings: dict, batch: int, length: int, scratch: P
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", _RAW,
                         str(model), json.dumps(config), str(batch), str(length), str(calls)],
                        cwd=ROOT, check=True, capture_output=True)
-        totals.append(_totals(out))
+        totals.append(_events(out.read_text(errors="replace")).get("Ir", 0))
     return (totals[1] - totals[0]) / (100 * batch)
 
 
